@@ -1,0 +1,29 @@
+"""The ``mixdiff`` command: one subcommand per module in ``app.commands``.
+
+Each module exposes ``register(subparsers)``, which adds its parser and sets
+``func``; heavy imports happen inside ``func``, so ``mixdiff --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = [
+    "app.commands.serve",
+    "app.commands.generate",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mixdiff", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

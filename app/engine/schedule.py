@@ -1,0 +1,79 @@
+"""Precision schedules: which UNet variant runs at which denoising step.
+
+Three input forms, one resolved form (a list with one precision name per step):
+
+* a shorthand, ``"bf16"``: every step at that precision;
+* the split form of the paper, ``{"high": "bf16", "low": "int8", "first": 5, "last": 5}``:
+  ``high`` for the first and last k steps, ``low`` between;
+* an explicit list, ``["bf16", "int8", ...]``, one entry per step.
+
+``resolve`` checks the schedule against the step count and the variants the loaded
+model offers, and raises ``InvalidRequest`` naming what to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from itertools import groupby
+from typing import Annotated, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.errors import InvalidRequest
+
+PARAM = "precision"
+
+
+class SplitSchedule(BaseModel):
+    """High precision for the first and last steps, low precision for the steps between."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    high: str = Field("bf16", description="precision of the first and last steps")
+    low: str = Field("int8", description="precision of the steps between")
+    first: int = Field(ge=0, description="number of leading steps at `high`")
+    last: int = Field(ge=0, description="number of trailing steps at `high`")
+
+
+PrecisionSpec = Annotated[
+    Union[str, SplitSchedule, list[str]],
+    Field(
+        description='a precision name ("bf16"), a split schedule '
+        '({"high": "bf16", "low": "int8", "first": 5, "last": 5}), or one precision per step',
+        examples=["bf16", {"high": "bf16", "low": "int8", "first": 2, "last": 2}],
+    ),
+]
+
+
+def resolve(spec: PrecisionSpec, steps: int, available: Collection[str]) -> list[str]:
+    """The per-step precision list for ``steps`` steps, checked against ``available``."""
+    if isinstance(spec, str):
+        per_step = [spec] * steps
+    elif isinstance(spec, SplitSchedule):
+        if spec.first + spec.last > steps:
+            raise InvalidRequest(
+                f"precision schedule asks for {spec.first} first + {spec.last} last steps at "
+                f"{spec.high!r}, more than the {steps} steps of the request",
+                param=PARAM,
+            )
+        per_step = [spec.high] * spec.first + [spec.low] * (steps - spec.first - spec.last) + [spec.high] * spec.last
+    else:
+        if len(spec) != steps:
+            raise InvalidRequest(
+                f"precision schedule lists {len(spec)} steps but the request has steps={steps}",
+                param=PARAM,
+            )
+        per_step = list(spec)
+    unknown = sorted(set(per_step) - set(available))
+    if unknown:
+        raise InvalidRequest(
+            f"precision {', '.join(map(repr, unknown))} is not available for this model; "
+            f"available: {', '.join(sorted(available))}",
+            param=PARAM,
+        )
+    return per_step
+
+
+def describe(per_step: list[str]) -> str:
+    """A compact human form of a resolved schedule, e.g. ``"bf16×2 int8×6 bf16×2"``."""
+    return " ".join(f"{name}×{len(list(run))}" for name, run in groupby(per_step))

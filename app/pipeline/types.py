@@ -1,0 +1,68 @@
+"""Plain data that crosses the boundaries of the pipeline: what to generate, what happened.
+
+These are picklable dataclasses: workers send them to the API process, which records
+metrics from them; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    prompt: str
+    negative_prompt: str | None = None
+    width: int = 512
+    height: int = 512
+    steps: int = 30
+    guidance_scale: float = 7.5
+    seed: int = 0
+    n: int = 1
+    scheduler: str = "ddim"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One denoising step as it ran."""
+
+    index: int
+    timestep: float
+    precision: str
+    seconds: float
+
+
+@dataclass
+class GenerationResult:
+    images: list[bytes]  # PNG-encoded, one per image
+    seed: int
+    schedule: list[str]  # resolved precision per step
+    steps: list[StepRecord] = field(default_factory=list)
+    text_encode_seconds: float = 0.0
+    vae_decode_seconds: float = 0.0
+    total_seconds: float = 0.0  # inside the worker: encode + steps + decode
+    warnings: list[str] = field(default_factory=list)  # e.g. "prompt truncated to 77 tokens"
+
+
+#: Called after every denoising step; raising (``Cancelled``, ``Timeout``) stops the loop.
+StepCallback = Callable[[StepRecord], None]
+
+
+class UNetVariant(Protocol):
+    """One way to run the UNet: fp32, bf16 (eager or compiled), int8 (from an artifact).
+
+    Takes and returns fp32 tensors; any casting is the variant's own business, so the
+    denoising loop never changes when a variant is added.
+    """
+
+    precision: str
+
+    def __call__(
+        self,
+        sample: Any,
+        timestep: Any,
+        encoder_hidden_states: Any,
+        added_cond_kwargs: dict[str, Any] | None = None,
+    ) -> Any: ...

@@ -1,0 +1,86 @@
+"""All of mixdiff's settings, in one place.
+
+Every field is an environment variable ``MIXDIFF_<NAME>`` and a ``mixdiff serve``
+flag ``--<name-with-dashes>``; the description says the trade-off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The embedded default model shipped in the repository (diffusers folder format).
+DEFAULT_MODEL = REPO_ROOT / "models" / "mixdiff-shapes"
+#: The name that selects a tiny random-weight pipeline built in code (tests, smoke runs).
+TINY_MODEL = "tiny-random"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MIXDIFF_", extra="forbid")
+
+    # -- network ---------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="address to listen on; 0.0.0.0 exposes the server beyond this host")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one)")
+    api_key: str | None = Field(
+        None,
+        description="when set, every route but /health/* and /metrics needs 'Authorization: Bearer <key>'",
+    )
+
+    # -- model -----------------------------------------------------------------------------
+    model: str = Field(
+        str(DEFAULT_MODEL),
+        description=f"diffusers pipeline folder (SD 1.x, 2.x or XL), or '{TINY_MODEL}' for a tiny random-weight "
+        "pipeline built in code (images are noise; for tests and smoke runs)",
+    )
+    precisions: list[str] = Field(
+        default_factory=lambda: ["fp32", "bf16", "int8"],
+        description="UNet variants each worker builds; int8 comes from the model's quantized/ artifacts and is "
+        "skipped with a warning where the model has none. Fewer variants load faster and use less memory",
+    )
+    default_precision: str = Field("bf16", description="precision schedule of requests that name none")
+    compile: bool = Field(
+        False,
+        description="torch.compile the fp32/bf16 UNets: faster steps (about 1.3x on SD 1.5) for minutes of "
+        "compilation at worker start-up",
+    )
+    default_scheduler: str = Field("ddim", description="scheduler of requests that name none")
+
+    # -- workers ---------------------------------------------------------------------------
+    workers: int = Field(1, ge=1, description="worker processes; each holds every variant of the model in memory")
+    cores_per_worker: int | None = Field(
+        None,
+        ge=1,
+        description="physical cores pinned to each worker (torch threads = this). Default: the cores this "
+        "process may use, divided evenly between the workers. More cores speed one image up; more workers "
+        "serve more images at once",
+    )
+    first_core: int = Field(0, ge=0, description="index (among the usable cores) of the first core given to worker 0")
+    warmup_steps: int = Field(1, ge=0, description="denoising steps each worker runs per variant before it is ready")
+
+    # -- admission -------------------------------------------------------------------------
+    queue_size: int = Field(
+        8,
+        ge=0,
+        description="requests that may wait for a worker; beyond it clients get 429. A small queue refuses "
+        "clients sooner instead of making them wait",
+    )
+    request_timeout: float = Field(
+        600.0, gt=0, description="seconds from admission until a request fails with 504 (queue wait included)"
+    )
+    job_ttl: float = Field(3600.0, gt=0, description="seconds a finished job and its images are kept for GET /v1/jobs")
+    max_jobs_kept: int = Field(256, ge=1, description="finished jobs kept at most; the oldest go first")
+    shutdown_grace: float = Field(
+        120.0, ge=0, description="seconds SIGTERM waits for running work before the workers are killed"
+    )
+
+    # -- request bounds --------------------------------------------------------------------
+    min_size: int = Field(64, ge=8, description="smallest width/height in pixels")
+    max_size: int = Field(1024, ge=8, description="largest width/height in pixels; memory grows with its square")
+    max_steps: int = Field(100, ge=1, description="most denoising steps a request may ask for")
+    max_images: int = Field(4, ge=1, description="most images one request may ask for (n)")
+    max_body_bytes: int = Field(65536, ge=1024, description="largest request body accepted; larger ones get 413")
+
+    log_level: str = Field("info", description="log level of the server and its workers")
