@@ -15,8 +15,8 @@ from typing import Any, Protocol
 class GenerationParams:
     prompt: str
     negative_prompt: str | None = None
-    width: int = 512
-    height: int = 512
+    width: int | None = None  # pixels; None: the model's default size
+    height: int | None = None
     steps: int = 30
     guidance_scale: float = 7.5
     seed: int = 0

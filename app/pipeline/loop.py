@@ -1,0 +1,196 @@
+"""The mixed-precision denoising loop: at each step, the UNet variant the schedule names.
+
+The text encoder and VAE run as loaded (fp32); only the UNet changes precision. The
+initial noise depends on the seed alone, so images from different schedules are
+comparable pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from app.pipeline.loader import load_diffusers_pipeline
+from app.pipeline.schedulers import make_scheduler
+from app.pipeline.types import GenerationParams, GenerationResult, StepCallback, StepRecord, UNetVariant
+from app.pipeline.variants import build_variants
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    family: str  # "sd" (1.x, 2.x) or "sdxl"
+    path: str | None  # None for the tiny pipeline built in code
+    default_size: int  # pixels per side the UNet was trained at
+    prediction_type: str  # "epsilon" or "v_prediction"
+    max_prompt_tokens: int
+    parameters: dict[str, int] = field(default_factory=dict)  # component -> parameter count
+    artifacts: dict[str, dict] = field(default_factory=dict)  # int8 variant -> manifest summary
+    unavailable: dict[str, str] = field(default_factory=dict)  # precision -> why it is not offered
+
+
+class MixedPrecisionPipeline:
+    def __init__(self, pipe, variants: dict[str, UNetVariant], info: ModelInfo):
+        self.pipe = pipe
+        self.variants = variants
+        self.info = info
+
+    @classmethod
+    def load(cls, model: str, precisions: list[str], *, compile: bool = False) -> MixedPrecisionPipeline:
+        """Load a pipeline folder (or ``tiny-random``) and build the variants named in ``precisions``."""
+        pipe, family, path = load_diffusers_pipeline(model)
+        return cls.from_pipe(pipe, family, precisions, compile=compile, path=path)
+
+    @classmethod
+    def from_pipe(
+        cls, pipe, family: str, precisions: list[str], *, compile: bool = False, path: Path | None = None
+    ) -> MixedPrecisionPipeline:
+        """Wrap a diffusers pipeline already in memory; ``path`` is where its int8 artifacts live."""
+        variants, unavailable = build_variants(pipe, precisions, compile=compile, model_dir=path)
+        info = ModelInfo(
+            name=path.name if path else "tiny-random",
+            family=family,
+            path=str(path) if path else None,
+            default_size=pipe.unet.config.sample_size * pipe.vae_scale_factor,
+            prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
+            max_prompt_tokens=pipe.tokenizer.model_max_length,
+            parameters={
+                name: sum(p.numel() for p in module.parameters())
+                for name, module in pipe.components.items()
+                if isinstance(module, torch.nn.Module)
+            },
+            artifacts={name: v.manifest for name, v in variants.items() if hasattr(v, "manifest")},
+            unavailable=unavailable,
+        )
+        return cls(pipe, variants, info)
+
+    @property
+    def precisions(self) -> list[str]:
+        return list(self.variants)
+
+    def warmup(self, steps: int) -> None:
+        """Run every variant ``steps`` times at the default size (compiles, if compiled)."""
+        if steps <= 0:
+            return
+        for name in self.variants:
+            self.generate(GenerationParams(prompt="warm-up", steps=steps), [name] * steps)
+
+    @torch.inference_mode()
+    def generate(
+        self, params: GenerationParams, schedule: list[str], on_step: StepCallback | None = None
+    ) -> GenerationResult:
+        pipe, start = self.pipe, time.perf_counter()
+        width = params.width or self.info.default_size
+        height = params.height or self.info.default_size
+        # 1. check inputs
+        if len(schedule) != params.steps:
+            raise ValueError(f"schedule has {len(schedule)} entries for {params.steps} steps")
+        warnings = self._prompt_warnings(params)
+        cfg = params.guidance_scale > 1.0
+
+        # 2. encode prompt
+        t0 = time.perf_counter()
+        text = self._encode(params, cfg, width, height)
+        text_encode_seconds = time.perf_counter() - t0
+
+        # 3. prepare timesteps: a fresh scheduler per request
+        scheduler = make_scheduler(params.scheduler, pipe.scheduler.config)
+        scheduler.set_timesteps(params.steps)
+        timesteps = scheduler.timesteps
+        generator = torch.Generator("cpu").manual_seed(params.seed)
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+        # 4. prepare latents: depend on the seed and size only, never on the schedule
+        shape = (params.n, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+
+        # 5. denoising loop. Some schedulers call the UNet more than once per step
+        # (PNDM's warm-up): extra calls run at the precision of their step.
+        records = []
+        for i, t in enumerate(timesteps):
+            precision = schedule[i * len(schedule) // len(timesteps)]
+            t0 = time.perf_counter()
+            model_input = torch.cat([latents] * 2) if cfg else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise = self.variants[precision](model_input, t, text["hidden"], text["added"])
+            if cfg:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + params.guidance_scale * (cond - uncond)
+            latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+            record = StepRecord(index=i, timestep=float(t), precision=precision, seconds=time.perf_counter() - t0)
+            records.append(record)
+            if on_step is not None:
+                on_step(record)
+
+        # 6. decode
+        t0 = time.perf_counter()
+        images = self._decode(latents)
+        vae_decode_seconds = time.perf_counter() - t0
+        return GenerationResult(
+            images=images,
+            seed=params.seed,
+            schedule=list(schedule),
+            steps=records,
+            text_encode_seconds=text_encode_seconds,
+            vae_decode_seconds=vae_decode_seconds,
+            total_seconds=time.perf_counter() - start,
+            warnings=warnings,
+        )
+
+    def _prompt_warnings(self, params: GenerationParams) -> list[str]:
+        limit = self.info.max_prompt_tokens
+        warnings = []
+        for field_name in ("prompt", "negative_prompt"):
+            text = getattr(params, field_name)
+            if text and (tokens := len(self.pipe.tokenizer(text).input_ids)) > limit:
+                warnings.append(
+                    f"{field_name} is {tokens} tokens; the text encoder reads {limit}, the rest was dropped"
+                )
+        return warnings
+
+    def _encode(self, params: GenerationParams, cfg: bool, width: int, height: int) -> dict:
+        """Text conditioning, CFG batch already concatenated as ``[uncond, cond]``."""
+        pipe = self.pipe
+        if self.info.family == "sd":
+            cond, uncond = pipe.encode_prompt(
+                params.prompt, "cpu", params.n, cfg, negative_prompt=params.negative_prompt
+            )
+            return {"hidden": torch.cat([uncond, cond]) if cfg else cond, "added": None}
+        cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
+            params.prompt,
+            device="cpu",
+            num_images_per_prompt=params.n,
+            do_classifier_free_guidance=cfg,
+            negative_prompt=params.negative_prompt,
+        )
+        time_ids = pipe._get_add_time_ids(
+            (height, width),
+            (0, 0),
+            (height, width),
+            dtype=cond.dtype,
+            text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+        ).repeat(params.n, 1)
+        if cfg:
+            return {
+                "hidden": torch.cat([uncond, cond]),
+                "added": {"text_embeds": torch.cat([uncond_pooled, pooled]), "time_ids": torch.cat([time_ids] * 2)},
+            }
+        return {"hidden": cond, "added": {"text_embeds": pooled, "time_ids": time_ids}}
+
+    def _decode(self, latents: torch.Tensor) -> list[bytes]:
+        vae = self.pipe.vae
+        latents = latents / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None):
+            latents = latents + vae.config.shift_factor
+        pixels = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        pngs = []
+        for image in self.pipe.image_processor.postprocess(pixels, output_type="pil"):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            pngs.append(buffer.getvalue())
+        return pngs

@@ -1,0 +1,82 @@
+"""UNet variants: one callable per precision name, all with the same signature.
+
+``fp32`` and ``bf16`` are built from the pipeline's UNet (eager, or compiled with
+Inductor and freezing); names starting with ``int8`` are prequantized artifacts
+under ``<model>/quantized/<name>/`` loaded by ``quantization.artifact``. The
+denoising loop only ever sees the ``UNetVariant`` protocol, so a new variant never
+touches it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class EagerUNet:
+    """The diffusers UNet in one dtype, optionally ``torch.compile``d (frozen weights)."""
+
+    def __init__(self, unet: torch.nn.Module, precision: str, *, compile: bool = False):
+        self.precision = precision
+        self.dtype = _DTYPES[precision]
+        self.unet = unet if self.dtype == unet.dtype else copy.deepcopy(unet).to(self.dtype)
+        self.unet.eval().requires_grad_(False)
+        if compile:
+            torch._inductor.config.freezing = True  # constant-fold and prepack weights for oneDNN
+            self.forward = torch.compile(self.unet)
+        else:
+            self.forward = self.unet
+
+    @torch.inference_mode()
+    def __call__(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None):
+        cast = self.dtype
+        if added_cond_kwargs is not None:
+            added_cond_kwargs = {k: v.to(cast) for k, v in added_cond_kwargs.items()}
+        out = self.forward(
+            sample.to(cast),
+            timestep,
+            encoder_hidden_states=encoder_hidden_states.to(cast),
+            added_cond_kwargs=added_cond_kwargs,
+            return_dict=False,
+        )[0]
+        return out.float()
+
+
+def build_variants(pipe, names: list[str], *, compile: bool = False, model_dir: Path | None = None):
+    """``(variants, unavailable)``: the variants built, and for each name that could
+    not be, the reason (a missing or refused artifact, an unknown name)."""
+    variants, unavailable = {}, {}
+    for name in names:
+        if name in _DTYPES:
+            variants[name] = EagerUNet(pipe.unet, name, compile=compile)
+        elif name.startswith("int8"):
+            reason = _int8(pipe, name, model_dir, variants)
+            if reason:
+                unavailable[name] = reason
+        else:
+            unavailable[name] = f"unknown precision {name!r}: fp32, bf16 or an int8 artifact name"
+    for name, reason in unavailable.items():
+        log.warning("precision %s unavailable: %s", name, reason)
+    return variants, unavailable
+
+
+def _int8(pipe, name: str, model_dir: Path | None, variants: dict) -> str | None:
+    if model_dir is None:
+        return "this model has no quantized artifacts (it is not a folder on disk)"
+    path = model_dir / "quantized" / name
+    if not path.is_dir():
+        return f"no artifact at {path} (make one with: mixdiff quantize ptq --model {model_dir} --out {name})"
+    from quantization.artifact import ArtifactError, load_variant
+
+    try:
+        variants[name] = load_variant(path, pipe)
+    except ArtifactError as exc:
+        return f"artifact {path} refused: {exc}"
+    return None

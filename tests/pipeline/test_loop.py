@@ -1,0 +1,102 @@
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.pipeline.loader import ModelLoadError
+from app.pipeline.loop import MixedPrecisionPipeline
+from app.pipeline.schedulers import SCHEDULERS
+from app.pipeline.tiny import build_tiny_pipeline
+from app.pipeline.types import GenerationParams
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64)
+
+
+class Spy:
+    """Wraps a variant and counts its calls."""
+
+    def __init__(self, inner):
+        self.inner, self.precision, self.calls = inner, inner.precision, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+def test_each_step_runs_the_variant_its_schedule_names(tiny):
+    spies = {name: Spy(v) for name, v in tiny.variants.items()}
+    spied = MixedPrecisionPipeline(tiny.pipe, spies, tiny.info)
+    schedule = ["bf16", "fp32", "fp32", "bf16", "bf16"]
+    seen = []
+    result = spied.generate(GenerationParams(prompt="a red circle", steps=5), schedule, on_step=seen.append)
+    assert [r.precision for r in result.steps] == schedule
+    assert seen == result.steps
+    assert (spies["bf16"].calls, spies["fp32"].calls) == (3, 2)
+    assert result.schedule == schedule
+    assert all(r.seconds > 0 for r in result.steps)
+    assert result.text_encode_seconds > 0 and result.vae_decode_seconds > 0
+
+
+def test_same_seed_same_image_other_seed_other_image(tiny):
+    params = GenerationParams(prompt="a red circle", steps=3, seed=7)
+    first = tiny.generate(params, ["bf16"] * 3).images[0]
+    assert tiny.generate(params, ["bf16"] * 3).images[0] == first
+    other = tiny.generate(GenerationParams(prompt="a red circle", steps=3, seed=8), ["bf16"] * 3).images[0]
+    assert other != first
+
+
+def test_schedules_share_the_initial_noise(tiny):
+    """fp32 and bf16 images of one seed are far closer than images of two seeds."""
+    params = GenerationParams(prompt="a red circle", steps=3, seed=3)
+    fp32 = pixels(tiny.generate(params, ["fp32"] * 3).images[0])
+    bf16 = pixels(tiny.generate(params, ["bf16"] * 3).images[0])
+    other = pixels(tiny.generate(GenerationParams(prompt="a red circle", steps=3, seed=4), ["fp32"] * 3).images[0])
+    assert np.abs(fp32 - bf16).mean() < 0.2 * np.abs(fp32 - other).mean()
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_every_scheduler_generates(tiny, scheduler):
+    params = GenerationParams(prompt="a cat", steps=3, scheduler=scheduler, n=2, width=64, height=48)
+    result = tiny.generate(params, ["fp32", "bf16", "fp32"])
+    assert len(result.images) == 2
+    assert Image.open(io.BytesIO(result.images[0])).size == (64, 48)
+    assert result.steps[0].precision == "fp32" and result.steps[-1].precision == "fp32"
+    assert len(result.steps) >= 3  # PNDM calls the UNet once more than it has steps
+
+
+@pytest.mark.parametrize("family, prediction_type", [("sdxl", "epsilon"), ("sd", "v_prediction")])
+def test_sdxl_and_v_prediction_models_generate(family, prediction_type):
+    pipe = build_tiny_pipeline(family, prediction_type=prediction_type)
+    model = MixedPrecisionPipeline.from_pipe(pipe, family, ["fp32", "bf16"])
+    assert model.info.prediction_type == prediction_type
+    result = model.generate(GenerationParams(prompt="a cat", steps=2, negative_prompt="a dog"), ["bf16", "fp32"])
+    image = pixels(result.images[0])
+    assert image.shape == (64, 64, 3)
+    assert [r.precision for r in result.steps] == ["bf16", "fp32"]
+
+
+def test_overlong_prompt_is_truncated_with_a_warning(tiny):
+    result = tiny.generate(GenerationParams(prompt="red " * 100, steps=1), ["bf16"])
+    assert result.warnings == ["prompt is 102 tokens; the text encoder reads 77, the rest was dropped"]
+
+
+def test_pipeline_folder_loads_offline_and_int8_without_artifact_says_why(tmp_path):
+    build_tiny_pipeline("sd").save_pretrained(tmp_path / "model")
+    model = MixedPrecisionPipeline.load(str(tmp_path / "model"), ["bf16", "int8", "fp16"])
+    assert model.precisions == ["bf16"]
+    assert model.info.path == str(tmp_path / "model") and model.info.default_size == 64
+    assert "mixdiff quantize ptq" in model.info.unavailable["int8"]
+    assert "unknown precision 'fp16'" in model.info.unavailable["fp16"]
+    assert len(model.generate(GenerationParams(prompt="a cat", steps=1), ["bf16"]).images) == 1
+
+
+def test_folders_that_are_not_sd_pipelines_are_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="no model_index.json"):
+        MixedPrecisionPipeline.load(str(tmp_path), ["bf16"])
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(ModelLoadError, match="holds a FluxPipeline"):
+        MixedPrecisionPipeline.load(str(tmp_path), ["bf16"])
