@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install serve test bench clean
+.PHONY: install deploy-tools serve test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,7 +19,15 @@ install: $(VENV)/.installed
 serve: install
 	$(VENV)/bin/mixdiff serve
 
-test: install
+# promtool and prometheus for tests/deploy, from Debian's prometheus package (root only;
+# without them those tests skip and say why).
+deploy-tools:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	else echo "deploy-tools: promtool not found and not root; tests/deploy will skip the Prometheus checks" >&2; fi
+
+test: install deploy-tools
 	$(VENV)/bin/pytest
 
 bench: install
