@@ -100,3 +100,14 @@ def test_folders_that_are_not_sd_pipelines_are_refused(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(ModelLoadError, match="holds a FluxPipeline"):
         MixedPrecisionPipeline.load(str(tmp_path), ["bf16"])
+
+
+@pytest.mark.slow
+def test_compiled_variant_matches_eager(tiny):
+    """torch.compile (Inductor, frozen weights) changes speed, not images."""
+    compiled = MixedPrecisionPipeline.load("tiny-random", ["bf16"], compile=True)
+    params = GenerationParams(prompt="a red circle", steps=2, seed=5)
+    got = pixels(compiled.generate(params, ["bf16"] * 2).images[0])
+    want = pixels(tiny.generate(params, ["bf16"] * 2).images[0])
+    other = pixels(tiny.generate(GenerationParams(prompt="a red circle", steps=2, seed=6), ["bf16"] * 2).images[0])
+    assert np.abs(got - want).mean() < 0.2 * np.abs(other - want).mean()
