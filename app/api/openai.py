@@ -1,0 +1,51 @@
+"""``POST /v1/images/generations``, OpenAI's images API: existing clients work unchanged.
+
+OpenAI's fields (``prompt``, ``n``, ``size``, ``response_format``) plus mixdiff's as
+extra fields (``precision``, ``steps``, ``seed``, ...; ``extra_body`` in OpenAI's
+Python client). Only ``b64_json`` is offered: the server does not host images.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+from fastapi import APIRouter, Depends, Request
+
+from app.api.auth import require_api_key
+from app.api.generate import wait_for_result
+from app.api.schemas import ImageGenerationRequest
+from app.api.validation import to_job
+from app.errors import InvalidRequest
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["openai"])
+
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def _parse_size(size: str | None) -> tuple[int | None, int | None]:
+    if size is None or size == "auto":
+        return None, None
+    match = _SIZE.match(size)
+    if not match:
+        raise InvalidRequest(f"size must be 'WIDTHxHEIGHT' such as '512x512', got {size!r}", param="size")
+    return int(match[1]), int(match[2])
+
+
+@router.post("/images/generations")
+async def images_generations(body: ImageGenerationRequest, request: Request) -> dict:
+    """Generate images; answers ``{created, data: [{b64_json}]}``."""
+    if body.response_format != "b64_json":
+        raise InvalidRequest(
+            "response_format 'url' is not supported: the server does not host images; use 'b64_json'",
+            param="response_format",
+        )
+    state = request.app.state
+    width, height = _parse_size(body.size)
+    params, schedule = to_job(body, width, height, state.settings, state.pool.loaded_model())
+    job = state.pool.submit("openai", params, schedule)
+    result = await wait_for_result(job, request, state.pool)
+    return {
+        "created": int(job.created),
+        "data": [{"b64_json": base64.b64encode(png).decode()} for png in result.images],
+    }

@@ -1,0 +1,80 @@
+"""``mixdiff serve``: the HTTP server and its worker pool.
+
+Every ``Settings`` field is a flag here (``--cores-per-worker``, ``--compile/--no-compile``)
+and an environment variable (``MIXDIFF_CORES_PER_WORKER``); a flag wins over the
+variable. The flags are generated from the settings, so the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+
+from app.settings import Settings
+
+
+def _flag_type(annotation) -> tuple[str, object]:
+    """(kind, converter) for a settings annotation: 'bool', 'list' or 'scalar'."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = args[0]
+    if annotation is bool:
+        return "bool", None
+    if typing.get_origin(annotation) is list:
+        return "list", lambda text: [item.strip() for item in text.split(",") if item.strip()]
+    return "scalar", annotation
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the HTTP server",
+        description=__doc__.split("\n\n")[0],
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind, convert = _flag_type(field.annotation)
+        default = field.get_default(call_default_factory=True)
+        shown = ",".join(default) if isinstance(default, list) else default
+        help_text = f"{field.description} (default: {shown}; env MIXDIFF_{name.upper()})".replace("%", "%%")
+        if kind == "bool":
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif kind == "list":
+            parser.add_argument(flag, dest=name, type=convert, metavar="A,B", default=argparse.SUPPRESS, help="comma-separated; " + help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=convert, default=argparse.SUPPRESS, help=help_text)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from app.api.server import create_app
+
+    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
+    try:
+        settings = Settings(**given)
+        app = create_app(settings)
+    except (ValidationError, ValueError) as exc:
+        print(f"mixdiff serve: {exc}", file=sys.stderr)
+        return 2
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # SIGTERM/SIGINT: refuse new work at once; uvicorn then waits for open
+            # requests and the lifespan drains the queue within shutdown_grace.
+            app.state.pool.stop_admitting()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace),
+    )
+    Server(config).run()
+    return 0
