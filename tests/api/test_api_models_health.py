@@ -1,0 +1,48 @@
+"""GET /v1/models, the OpenAI images route in-process, health probes."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from PIL import Image
+
+
+def test_models_lists_the_loaded_model(client):
+    r = client.get("/v1/models")
+    assert r.status_code == 200
+    (model,) = r.json()["data"]
+    assert r.json()["object"] == "list"
+    assert model["id"] == "tiny-random"
+    assert model["object"] == "model"
+    assert model["family"] == "sd"
+    assert model["precisions"] == ["fp32", "bf16"]
+    assert model["parameters"]["unet"] > 0
+    assert "ddim" in model["schedulers"]
+
+
+def test_health(client):
+    assert client.get("/health/live").json() == {"status": "live"}
+    ready = client.get("/health/ready").json()
+    assert ready["status"] == "ready"
+    (worker,) = ready["workers"]
+    assert worker["pid"] > 0 and worker["cores"]
+
+
+def test_openai_images_route(idle_worker):
+    r = idle_worker.post(
+        "/v1/images/generations",
+        json={"prompt": "a green star", "size": "64x64", "n": 1, "response_format": "b64_json", "steps": 2, "seed": 1},
+    )
+    assert r.status_code == 200
+    out = r.json()
+    assert isinstance(out["created"], int)
+    (image,) = out["data"]
+    assert Image.open(io.BytesIO(base64.b64decode(image["b64_json"]))).size == (64, 64)
+
+
+def test_openai_route_errors(client):
+    url = client.post("/v1/images/generations", json={"prompt": "x", "response_format": "url"})
+    assert url.status_code == 422 and url.json()["error"]["param"] == "response_format"
+    size = client.post("/v1/images/generations", json={"prompt": "x", "size": "big"})
+    assert size.status_code == 422 and "WIDTHxHEIGHT" in size.json()["error"]["message"]
