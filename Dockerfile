@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # mixdiff: Stable Diffusion on Xeon CPUs, served over HTTP.
 #
 #   docker build -t mixdiff .
@@ -20,9 +21,10 @@ ENV PATH=/opt/venv/bin:$PATH
 # torch first, from its CPU index: PyPI's default wheel carries CUDA libraries (several GB).
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
+# The sources are bind-mounted, not copied: the models in the build context stay out of
+# this stage's layers (rw: setuptools writes its build files next to them, then they go).
 WORKDIR /src
-COPY . .
-RUN pip install --no-cache-dir .
+RUN --mount=type=bind,target=/src,rw pip install --no-cache-dir .
 
 # -- runtime: the environment, the default model, jemalloc, a non-root user ----------------
 FROM ${PYTHON_IMAGE}
