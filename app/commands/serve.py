@@ -49,6 +49,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
     from pydantic import ValidationError
 
@@ -61,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"mixdiff serve: {exc}", file=sys.stderr)
         return 2
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

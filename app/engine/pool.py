@@ -88,7 +88,7 @@ class WorkerPool:
         self._stopping = False
         self._watched: dict[object, WorkerHandle] = {}  # conn or sentinel -> handle (reader thread)
         self._lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r = self._wake_w = -1  # a pipe that wakes the reader when the workers change
         self._reader = threading.Thread(target=self._read, name="mixdiff-pool-reader", daemon=True)
         metrics.workers.set(settings.workers)
         metrics.queue_capacity.set(settings.queue_size)
@@ -97,6 +97,7 @@ class WorkerPool:
     async def start(self) -> None:
         """Spawn every worker; they load in the background and say when they are ready."""
         self._loop = asyncio.get_running_loop()
+        self._wake_r, self._wake_w = os.pipe()
         self._reader.start()
         self.workers = [self._spawn(index) for index in range(self.settings.workers)]
         self._update_gauges()
@@ -117,6 +118,7 @@ class WorkerPool:
         if active:
             log.info("waiting up to %.0f s for %d job(s) to finish", remaining, len(active))
             await asyncio.wait([asyncio.ensure_future(job.wait()) for job in active], timeout=remaining)
+            log.info("%d of %d job(s) finished before the workers stop", sum(job.done for job in active), len(active))
         await self.stop()
 
     async def stop(self) -> None:
