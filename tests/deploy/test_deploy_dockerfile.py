@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import find_tool, run_tool
 from deploy_queries import REPO
+from deploy_tools import find_tool, run_tool
 
 DOCKERFILE = REPO / "Dockerfile"
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 import yaml
-from conftest import find_tool, run_tool
 from deploy_queries import DEPLOY
+from deploy_tools import find_tool, run_tool
 
 from app.settings import Settings
 

@@ -24,7 +24,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import find_tool
 from deploy_queries import (
     DEPLOY,
     REPO,
@@ -37,6 +36,7 @@ from deploy_queries import (
     metric_names,
     with_grafana_variables,
 )
+from deploy_tools import find_tool
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import find_tool, run_tool
 from deploy_queries import DEPLOY, RULE_FILES, alert_queries, alert_rules, metric_names
+from deploy_tools import find_tool, run_tool
 
 from app.errors import ERROR_TYPES
 
