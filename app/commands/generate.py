@@ -22,7 +22,7 @@ def register(subparsers) -> None:
         help='a precision name, or a JSON schedule: \'{"high": "bf16", "low": "int8", "first": 5, "last": 5}\' '
         "or a list with one precision per step",
     )
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=_positive, default=30)
     parser.add_argument("--width", type=int, default=None, help="pixels; default: the model's size")
     parser.add_argument("--height", type=int, default=None, help="pixels; default: the model's size")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
@@ -30,6 +30,13 @@ def register(subparsers) -> None:
     parser.add_argument("--scheduler", default="ddim")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the UNets")
     parser.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _spec(text: str):
@@ -63,9 +70,14 @@ def run(args: argparse.Namespace) -> int:
     wanted = [spec] if isinstance(spec, str) else list(spec) if isinstance(spec, list) else [spec.high, spec.low]
     try:
         pipeline = MixedPrecisionPipeline.load(args.model, sorted(set(wanted)), compile=args.compile)
-        schedule = resolve(spec, args.steps, pipeline.precisions)
-    except (MixdiffError, RuntimeError) as exc:
+    except RuntimeError as exc:  # a missing or unsupported model folder
         print(f"mixdiff generate: {exc}", file=sys.stderr)
+        return 2
+    try:
+        schedule = resolve(spec, args.steps, pipeline.precisions)
+    except MixdiffError as exc:
+        reasons = "".join(f"\n  {name}: {reason}" for name, reason in pipeline.info.unavailable.items())
+        print(f"mixdiff generate: {exc.message}{reasons}", file=sys.stderr)
         return 2
     params = GenerationParams(
         prompt=args.prompt,

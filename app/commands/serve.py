@@ -11,8 +11,9 @@ import argparse
 import sys
 import types
 import typing
+from pathlib import Path
 
-from app.settings import Settings
+from app.settings import DEFAULT_MODEL, TINY_MODEL, Settings
 
 
 def _flag_type(annotation) -> tuple[str, object]:
@@ -48,6 +49,18 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The flags given, over the ``MIXDIFF_*`` environment, over the defaults."""
+    return Settings(**{name: value for name, value in vars(args).items() if name in Settings.model_fields})
+
+
+def _check_model(model: str) -> None:
+    """Refuse a model that is neither a pipeline folder nor a known name before any worker starts."""
+    path = Path(model)
+    if model != TINY_MODEL and path != DEFAULT_MODEL and not (path / "model_index.json").is_file():
+        raise ValueError(f"--model {model!r} is not a diffusers pipeline folder (no model_index.json in it)")
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -56,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
     from app.api.server import create_app
 
-    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
     try:
-        settings = Settings(**given)
+        settings = settings_from_args(args)
+        _check_model(settings.model)
         app = create_app(settings)
     except (ValidationError, ValueError) as exc:
         print(f"mixdiff serve: {exc}", file=sys.stderr)
