@@ -42,6 +42,7 @@ WORKDIR /opt/mixdiff
 COPY models/ models/
 COPY deploy/docker/entrypoint.py deploy/docker/healthcheck.py bin/
 
+# Caches (torch, Hugging Face) go under /tmp: the root file system may be read-only.
 # MALLOC_CONF (deploy/README.md, "Allocator"):
 #   background_thread  purge unused pages in a background thread, off the request path
 #   metadata_thp       allocator metadata on transparent huge pages (fewer TLB misses)
@@ -54,6 +55,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
+    XDG_CACHE_HOME=/tmp/.cache \
     LD_PRELOAD=/usr/local/lib/libjemalloc.so.2 \
     MALLOC_CONF=background_thread:true,metadata_thp:auto,dirty_decay_ms:30000,muzzy_decay_ms:30000,oversize_threshold:1 \
     MIXDIFF_HOST=0.0.0.0 \

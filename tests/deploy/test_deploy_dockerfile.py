@@ -11,8 +11,11 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from deploy_queries import REPO
 from deploy_tools import find_tool, run_tool
+
+from app.settings import DEFAULT_MODEL, Settings
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -59,6 +62,20 @@ def test_the_image_runs_mixdiff_serve_as_a_non_root_user_with_jemalloc():
     assert user and not user[-1].startswith(("root", "0")), f"the image runs as {user}"
     assert "LD_PRELOAD=/usr/local/lib/libjemalloc.so.2" in text and "MALLOC_CONF=" in text
     assert re.search(r"^HEALTHCHECK .*\n?.*healthcheck\.py", text, re.MULTILINE)
+
+
+def test_the_image_settings_are_known_and_name_the_embedded_model():
+    text = DOCKERFILE.read_text()
+    settings = dict(re.findall(r"\b(MIXDIFF_\w+)=(\S+)", text))
+    unknown = {key for key in settings if key.removeprefix("MIXDIFF_").lower() not in Settings.model_fields}
+    assert not unknown, f"not settings of the service: {sorted(unknown)}"
+    workdir = re.findall(r"^WORKDIR (\S+)$", text, re.MULTILINE)[-1]
+    assert re.search(r"^COPY models/ models/$", text, re.MULTILINE)
+    assert settings["MIXDIFF_MODEL"] == f"{workdir}/models/{DEFAULT_MODEL.name}"
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert settings["MIXDIFF_MODEL"] in compose["services"]["mixdiff"]["environment"]["MIXDIFF_MODEL"]
+    configmap = yaml.safe_load((REPO / "deploy" / "k8s" / "configmap.yaml").read_text())
+    assert configmap["data"]["MIXDIFF_MODEL"] == settings["MIXDIFF_MODEL"]
 
 
 @pytest.fixture(scope="module")
