@@ -79,7 +79,7 @@ def dashboard_queries() -> list[Query]:
         dashboard = json.loads(path.read_text())
         for variable in dashboard.get("templating", {}).get("list", []):
             if variable.get("type") == "query":
-                queries.append(Query(f"{path.name}: variable {variable['name']}", variable["query"]["query"]))
+                queries.append(Query(f"{path.name}: variable {variable['name']}", variable["query"]))
         for panel in _panels(dashboard):
             for target in panel.get("targets", []):
                 queries.append(Query(f"{path.name}: panel {panel['title']!r} {target['refId']}", target["expr"]))
