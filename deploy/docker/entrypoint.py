@@ -55,7 +55,10 @@ def core_environment(environ: dict[str, str]) -> dict[str, str]:
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: entrypoint.py COMMAND [ARG...]")
-    os.environ.update(core_environment(dict(os.environ)))
+    try:
+        os.environ.update(core_environment(dict(os.environ)))
+    except ValueError as error:  # MIXDIFF_WORKERS or MIXDIFF_CORES_PER_WORKER not a whole number
+        sys.exit(f"entrypoint: MIXDIFF_WORKERS and MIXDIFF_CORES_PER_WORKER must be whole numbers ({error})")
     os.execvp(sys.argv[1], sys.argv[1:])
 
 

@@ -120,3 +120,16 @@ def test_entrypoint_runs_the_command_with_the_environment():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "3"
+
+
+def test_entrypoint_refuses_a_worker_count_that_is_not_a_number():
+    env = {**os.environ, "MIXDIFF_WORKERS": "two"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "docker" / "entrypoint.py"), "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "MIXDIFF_WORKERS" in result.stderr and "Traceback" not in result.stderr
