@@ -45,7 +45,9 @@ async def cancel_job(job_id: str, request: Request) -> dict:
     return job_view(job, images=False)
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/{job_id}/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}}
+)
 async def job_events(job_id: str, request: Request) -> StreamingResponse:
     """Server-sent events: ``step`` per denoising step, then ``completed`` or ``failed``."""
     job = request.app.state.jobs.get(job_id)

@@ -45,7 +45,8 @@ def to_job(
     try:
         schedule = resolve(spec, fields.steps, model.precisions)
     except InvalidRequest as exc:
-        why = [f"{name}: {reason}" for name, reason in model.info.get("unavailable", {}).items() if repr(name) in exc.message]
+        unavailable = model.info.get("unavailable", {})
+        why = [f"{name}: {reason}" for name, reason in unavailable.items() if repr(name) in exc.message]
         if why:
             exc.message = f"{exc.message} ({'; '.join(why)})"
         raise

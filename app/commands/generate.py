@@ -28,7 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scheduler", default="ddim")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the UNets")
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the UNets"
+    )
     parser.set_defaults(func=run)
 
 
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"mixdiff generate: --precision: {exc}", file=sys.stderr)
         return 2
     if args.scheduler not in SCHEDULERS:
-        print(f"mixdiff generate: unknown scheduler {args.scheduler!r}; available: {', '.join(SCHEDULERS)}", file=sys.stderr)
+        available = ", ".join(SCHEDULERS)
+        print(f"mixdiff generate: unknown scheduler {args.scheduler!r}; available: {available}", file=sys.stderr)
         return 2
     for name in ("width", "height"):
         if getattr(args, name) is not None and getattr(args, name) % 8:
@@ -90,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
     )
     print(f"{pipeline.info.name}: {args.steps} steps, schedule {describe(schedule)}")
-    result = pipeline.generate(
-        params, schedule, lambda step: print(f"step {step.index:3d}  {step.precision:>6}  {step.seconds:.3f} s", flush=True)
-    )
+    def on_step(step) -> None:
+        print(f"step {step.index:3d}  {step.precision:>6}  {step.seconds:.3f} s", flush=True)
+
+    result = pipeline.generate(params, schedule, on_step)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     with open(args.out, "wb") as file:

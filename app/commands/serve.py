@@ -40,12 +40,13 @@ def register(subparsers) -> None:
         default = field.get_default(call_default_factory=True)
         shown = ",".join(default) if isinstance(default, list) else default
         help_text = f"{field.description} (default: {shown}; env MIXDIFF_{name.upper()})".replace("%", "%%")
+        common = {"dest": name, "default": argparse.SUPPRESS}  # absent flags leave env and defaults alone
         if kind == "bool":
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **common)
         elif kind == "list":
-            parser.add_argument(flag, dest=name, type=convert, metavar="A,B", default=argparse.SUPPRESS, help="comma-separated; " + help_text)
+            parser.add_argument(flag, type=convert, metavar="A,B", help="comma-separated; " + help_text, **common)
         else:
-            parser.add_argument(flag, dest=name, type=convert, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag, type=convert, help=help_text, **common)
     parser.set_defaults(func=run)
 
 

@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
@@ -59,7 +59,6 @@ class WorkerHandle:
     state: str = "starting"  # starting | idle | busy | exited
     job: Job | None = None
     pid: int | None = None
-    started: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
@@ -127,8 +126,7 @@ class WorkerPool:
         for job in list(self._pending):
             self._finish(job, error=NotReady("the server shut down before the job ran"))
         for handle in self.workers:
-            if handle.job is not None:
-                handle.cancel.value = handle.job.number
+            if handle.job is not None and not handle.job.done:
                 self._finish(handle.job, error=NotReady("the server shut down while the job ran"))
             try:
                 handle.conn.send(STOP)
@@ -187,9 +185,8 @@ class WorkerPool:
 
     def _expire(self, job: Job) -> None:
         if not job.done:
-            self._finish(
-                job, error=Timeout(f"the request did not finish within request_timeout={self.settings.request_timeout:g} s")
-            )
+            limit = self.settings.request_timeout
+            self._finish(job, error=Timeout(f"the request did not finish within request_timeout={limit:g} s"))
 
     def _retry_after(self) -> int:
         waiting = len(self._pending) + 1

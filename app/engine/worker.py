@@ -80,7 +80,8 @@ def _run(pipeline, job: RunJob, conn: Connection, cancel: Synchronized) -> Done 
         return Failed(job.number, exc.type, exc.message, exc.param, _rss_bytes())
     except Exception as exc:
         log.error("job %d failed:\n%s", job.number, traceback.format_exc())
-        return Failed(job.number, "generation_failed", f"generation failed: {type(exc).__name__}: {exc}", None, _rss_bytes())
+        message = f"generation failed: {type(exc).__name__}: {exc}"
+        return Failed(job.number, "generation_failed", message, None, _rss_bytes())
     return Done(job.number, result, _rss_bytes())
 
 
