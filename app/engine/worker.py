@@ -64,8 +64,11 @@ def main(index: int, cores: list[int], settings: Settings, conn: Connection, can
     log.info("ready on cores %s with precisions %s", cores, pipeline.precisions)
     conn.send(Ready(os.getpid(), asdict(pipeline.info), pipeline.precisions, sorted(SCHEDULERS), _rss_bytes()))
 
-    while (job := conn.recv()) is not STOP:
-        conn.send(_run(pipeline, job, conn, cancel))
+    try:
+        while (job := conn.recv()) is not STOP:
+            conn.send(_run(pipeline, job, conn, cancel))
+    except (EOFError, BrokenPipeError):  # the API process went away: nobody is left to serve
+        log.warning("the API process closed the pipe; exiting")
 
 
 def _run(pipeline, job: RunJob, conn: Connection, cancel: Synchronized) -> Done | Failed:

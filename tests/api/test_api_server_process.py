@@ -102,6 +102,9 @@ def test_a_killed_worker_fails_its_job_and_comes_back(server):
     assert failed["error"]["type"] == "worker_died"
     assert str(pid) in failed["error"]["message"]
     assert metric(base, 'mixdiff_failures_total{reason="worker_died"}') == 1
+    restarting = get(base, "/health/ready")  # the new worker needs seconds to load: not ready meanwhile
+    assert restarting.status_code == 503
+    assert restarting.json()["workers"][0]["state"] in ("exited", "starting")
     worker = wait_until(lambda: ready_worker(base), READY_WITHIN, "the worker coming back")
     assert worker["pid"] != pid and worker["restarts"] == 1
     assert metric(base, "mixdiff_worker_restarts_total") == 1
