@@ -4,28 +4,14 @@ takes it away)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from api_helpers import READY_WITHIN, wait_until
 from fastapi.testclient import TestClient
 
 from app.api.server import create_app
 from app.settings import Settings
 
 API_KEY = "test-key"
-#: Seconds a worker may take to load the tiny pipeline on a busy CI machine.
-READY_WITHIN = 300
-
-
-def wait_until(predicate, within: float, what: str, every: float = 0.1):
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``within`` s."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"{what} did not happen within {within} s")
 
 
 @pytest.fixture(scope="session")

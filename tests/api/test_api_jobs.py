@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import wait_until
+from api_helpers import wait_until
 
 SLOW = 100  # steps: long enough to still be running when the test acts on it
 

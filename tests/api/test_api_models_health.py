@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 
 from PIL import Image
 
@@ -26,7 +27,7 @@ def test_health(client):
     ready = client.get("/health/ready").json()
     assert ready["status"] == "ready"
     (worker,) = ready["workers"]
-    assert worker["pid"] > 0 and worker["cores"]
+    assert os.sched_getaffinity(worker["pid"]) == set(worker["cores"])  # pinned to its slice
 
 
 def test_openai_images_route(idle_worker):

@@ -17,7 +17,7 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 
-from conftest import READY_WITHIN, wait_until
+from api_helpers import READY_WITHIN, wait_until
 
 pytestmark = pytest.mark.slow
 
