@@ -222,7 +222,8 @@ class WorkerPool:
                 self.metrics.failures.labels(error.type).inc()
         else:
             job.complete(result)
-            self._job_seconds = 0.8 * self._job_seconds + 0.2 * (job.finished - job.created)
+            seconds = job.finished - job.created
+            self._job_seconds = 0.8 * self._job_seconds + 0.2 * seconds if self._job_seconds else seconds
         self.metrics.request_seconds.labels(job.endpoint).observe(job.finished - job.created)
         self._update_gauges()
 
