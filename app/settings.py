@@ -6,10 +6,12 @@ flag ``--<name-with-dashes>``; the description says the trade-off.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The embedded default model shipped in the repository (diffusers folder format).
@@ -35,10 +37,11 @@ class Settings(BaseSettings):
         description=f"diffusers pipeline folder (SD 1.x, 2.x or XL), or '{TINY_MODEL}' for a tiny random-weight "
         "pipeline built in code (images are noise; for tests and smoke runs)",
     )
-    precisions: list[str] = Field(
+    precisions: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["fp32", "bf16", "int8"],
         description="UNet variants each worker builds; int8 comes from the model's quantized/ artifacts and is "
-        "skipped with a warning where the model has none. Fewer variants load faster and use less memory",
+        "skipped with a warning where the model has none. Fewer variants load faster and use less memory "
+        "(comma-separated or a JSON list)",
     )
     default_precision: str = Field("bf16", description="precision schedule of requests that name none")
     compile: bool = Field(
@@ -84,3 +87,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(65536, ge=1024, description="largest request body accepted; larger ones get 413")
 
     log_level: str = Field("info", description="log level of the server and its workers")
+
+    @field_validator("precisions", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        """``MIXDIFF_PRECISIONS=fp32,bf16`` or a JSON list, ``["fp32", "bf16"]``."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
