@@ -1,0 +1,206 @@
+"""Prequantized UNet artifacts: ``<model>/quantized/<name>/`` and how a server loads one.
+
+The folder holds one AOTInductor package per timestep group (``unet-g<k>.pt2``:
+the INT8/BF16 UNet compiled to a shared library with its weights, so loading is
+``dlopen`` plus reading the weights, not minutes of compilation) and a
+``manifest.json`` saying how it was made and what it needs. A compiled package is
+only valid with the torch it was compiled by and on a CPU with the instructions it
+was compiled for, and only for the UNet it was quantized from; ``load_variant``
+checks all of that, and every file's sha256, before it loads anything, and refuses
+with an ``ArtifactError`` naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from quantization.calibration import UNetInputs
+from quantization.ptq import BATCH_MAX, BATCH_MIN, TimestepGroups
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+#: gcc ``-m`` flags Inductor compiles CPU kernels with, and the /proc/cpuinfo flag each needs.
+_GCC_TO_CPUINFO = {
+    "-mavx2": "avx2",
+    "-mfma": "fma",
+    "-mavx512f": "avx512f",
+    "-mavx512dq": "avx512dq",
+    "-mavx512vl": "avx512vl",
+    "-mavx512bw": "avx512bw",
+    "-mavx512bf16": "avx512_bf16",
+    "-mavx512vnni": "avx512_vnni",
+    "-mamx-tile": "amx_tile",
+    "-mamx-bf16": "amx_bf16",
+    "-mamx-int8": "amx_int8",
+}
+
+
+class ArtifactError(Exception):
+    """A quantized artifact is missing, damaged, or does not fit this runtime, CPU or model."""
+
+
+def package_name(group: int) -> str:
+    return f"unet-g{group}.pt2"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cpu_flags() -> set[str]:
+    """The flags /proc/cpuinfo reports (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def required_cpu_features() -> list[str]:
+    """The CPU flags the kernels Inductor compiles here rely on (from its chosen vector ISA)."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    flags = pick_vec_isa().build_arch_flags().split()
+    return sorted({_GCC_TO_CPUINFO[f] for f in flags if f in _GCC_TO_CPUINFO})
+
+
+def runtime() -> dict:
+    """What a compiled package depends on, recorded at build time and checked at load time."""
+    return {
+        "torch": torch.__version__,
+        "torchao": version("torchao"),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_features": required_cpu_features(),
+    }
+
+
+def unet_fingerprint(unet: torch.nn.Module) -> str:
+    """A cheap identity of a UNet: its config and a strided sample of every weight."""
+    digest = hashlib.sha256(json.dumps(dict(unet.config), sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            flat = p.detach().reshape(-1)
+            digest.update(name.encode())
+            digest.update(flat[:: max(1, flat.numel() // 64)].float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def write_manifest(folder: Path, manifest: dict) -> dict:
+    """Hash every file of ``folder`` into ``manifest["files"]`` and write ``manifest.json``."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = {**manifest, "format": FORMAT, "files": {p.name: sha256(p) for p in files}}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"no {MANIFEST} in {folder}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path} has format {manifest.get('format')!r}; this mixdiff reads format {FORMAT}")
+    return manifest
+
+
+def verify(folder: Path, unet: torch.nn.Module | None = None) -> dict:
+    """The manifest of ``folder`` once versions, CPU features, hashes and (given ``unet``)
+    the source model are checked; ``ArtifactError`` names the first problem found."""
+    manifest = read_manifest(folder)
+    built = manifest["runtime"]
+    for package, installed in (("torch", torch.__version__), ("torchao", version("torchao"))):
+        if built[package] != installed:
+            raise ArtifactError(
+                f"built with {package} {built[package]}, but {package} {installed} is installed: "
+                "quantize again with this version"
+            )
+    missing = sorted(set(built["cpu_features"]) - cpu_flags())
+    if missing:
+        raise ArtifactError(f"needs CPU features this CPU lacks: {', '.join(missing)}")
+    for name, expected in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise ArtifactError(f"file {name} listed in {MANIFEST} is missing")
+        if sha256(path) != expected:
+            raise ArtifactError(f"file {name} does not match its sha256 in {MANIFEST}: damaged or changed")
+    for group in manifest["timestep_groups"]:
+        if group["file"] not in manifest["files"]:
+            raise ArtifactError(f"package {group['file']} of a timestep group has no sha256 in {MANIFEST}")
+    if unet is not None and manifest["model"]["unet_fingerprint"] != unet_fingerprint(unet):
+        raise ArtifactError(
+            "quantized from a different UNet than the loaded model's "
+            f"(fingerprint {manifest['model']['unet_fingerprint']}, model's {unet_fingerprint(unet)})"
+        )
+    return manifest
+
+
+class Int8UNet:
+    """A ``UNetVariant`` running the artifact's compiled packages, one per timestep group.
+
+    Takes and returns fp32. Any batch works (a batch of 1 is doubled, one over
+    ``BATCH_MAX`` is split); the latent size is fixed at the one it was built for,
+    which ``supports`` tells before a generation starts.
+    """
+
+    def __init__(self, precision: str, manifest: dict, runners: list, vae_scale_factor: int):
+        self.precision = precision
+        self.manifest = manifest
+        self.runners = runners
+        self.groups = TimestepGroups([g["t_min"] for g in manifest["timestep_groups"]] + [float("inf")])
+        self.latent_size = tuple(manifest["model"]["latent_size"])
+        self.vae_scale_factor = vae_scale_factor
+
+    def supports(self, batch: int, height: int, width: int) -> bool:
+        """Whether a UNet call for ``batch`` latents of an image ``height``x``width`` px can run."""
+        return batch >= 1 and (height // self.vae_scale_factor, width // self.vae_scale_factor) == self.latent_size
+
+    @torch.inference_mode()
+    def __call__(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None):
+        if tuple(sample.shape[2:]) != self.latent_size:
+            h, w = (s * self.vae_scale_factor for s in self.latent_size)
+            raise ValueError(
+                f"the {self.precision} UNet was quantized for {h}x{w} px images "
+                f"(latents {self.latent_size[0]}x{self.latent_size[1]}), got latents "
+                f"{sample.shape[2]}x{sample.shape[3]}"
+            )
+        inputs = UNetInputs.from_call(sample, timestep, encoder_hidden_states, added_cond_kwargs)
+        runner = self.runners[self.groups.index(inputs.t)]
+        batch = sample.shape[0]
+        outputs = []
+        for start in range(0, batch, BATCH_MAX):
+            chunk = [a[start : start + BATCH_MAX] for a in inputs.args()]
+            n = chunk[0].shape[0]
+            if n < BATCH_MIN:
+                chunk = [torch.cat([a] * BATCH_MIN) for a in chunk]
+            outputs.append(runner(*chunk)[:n])
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def load_variant(path: Path, pipe) -> Int8UNet:
+    """The artifact at ``path`` as a UNet variant named after its folder, once verified."""
+    path = Path(path)
+    manifest = verify(path, pipe.unet)
+    runners = []
+    for group in manifest["timestep_groups"]:
+        try:
+            runners.append(torch._inductor.aoti_load_package(str(path / group["file"])))
+        except Exception as exc:  # a package the runtime cannot open: say which, keep the cause
+            raise ArtifactError(f"cannot load package {group['file']}: {exc}") from exc
+    return Int8UNet(path.name, manifest, runners, pipe.vae_scale_factor)

@@ -1,0 +1,218 @@
+"""From a pipeline to an artifact folder: calibrate, scan, quantize, compile, measure.
+
+``build_artifact`` is what ``mixdiff quantize ptq`` runs. Every step's cost goes in
+the manifest next to what it made, so the memory and start-up price of several
+timestep groups, or of a sensitivity scan, is on record with the artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+import torch
+
+from quantization import artifact, calibration, ptq, sensitivity
+from quantization.calibration import UNetInputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    sampler: str = "trajectory"
+    samples: int = 8  # per prompt, for the uniform and normal samplers
+    steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int = 0
+    fallback: str = "none"  # "auto", "none", or comma-separated UNet module names kept in BF16
+    fallback_budget: int = 3  # blocks the automatic scan may keep in BF16
+    timestep_groups: int = 1
+    holdout_every: int = 8  # every n-th captured input is kept out of calibration, to measure fidelity
+    scan_inputs: int = 16  # calibration inputs per candidate in the sensitivity scan (it quantizes once per block)
+
+
+def split_holdout(inputs: list[UNetInputs], every: int) -> tuple[list[UNetInputs], list[UNetInputs]]:
+    """``(calibration, held_out)``: every ``every``-th input held out, at least one, when there are two or more."""
+    if len(inputs) < 2:
+        raise ValueError(f"calibration captured {len(inputs)} input(s); use more prompts or samples")
+    held = set(range(every - 1, len(inputs), every)) or {len(inputs) - 1}
+    return [x for i, x in enumerate(inputs) if i not in held], [x for i, x in enumerate(inputs) if i in held]
+
+
+def _strided(items: list, n: int) -> list:
+    """At most ``n`` items spread over the whole list (so over all timesteps)."""
+    step = max(1, len(items) // n)
+    return items[::step][:n]
+
+
+def fidelity(variant, unet: torch.nn.Module, inputs: list[UNetInputs]) -> dict:
+    """Output error of ``variant`` against the FP32 UNet on ``inputs``."""
+    error = norm = 0.0
+    cosines = []
+    with torch.no_grad():
+        for item in inputs:
+            ref = ptq.UNetGraph(unet)(*item.args())
+            out = variant(item.sample, item.timestep, item.encoder_hidden_states, _added(item))
+            error += float(((out - ref) ** 2).sum())
+            norm += float((ref**2).sum())
+            cosines.append(float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0)))
+    return {
+        "reference": "fp32 eager UNet",
+        "held_out_inputs": len(inputs),
+        "rel_mse": error / max(norm, 1e-30),
+        "cos_sim_mean": sum(cosines) / len(cosines),
+        "cos_sim_min": min(cosines),
+    }
+
+
+def _added(item: UNetInputs):
+    return {"text_embeds": item.added[0], "time_ids": item.added[1]} if item.added else None
+
+
+def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -> dict:
+    """Quantize ``pipe.unet`` into the artifact folder ``out`` (created; must not exist); its manifest."""
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; remove it or choose another --out name")
+    unet = pipe.unet.eval()
+    seconds: dict[str, float] = {}
+
+    # 1. calibration inputs from the FP32 model's own denoising runs
+    start = time.perf_counter()
+    captured = calibration.capture(
+        pipe,
+        prompts,
+        sampler=options.sampler,
+        samples=options.samples,
+        steps=options.steps,
+        guidance_scale=options.guidance_scale,
+        seed=options.seed,
+    )
+    calib, held_out = split_holdout(captured, options.holdout_every)
+    seconds["calibration"] = time.perf_counter() - start
+    log.info("captured %d UNet inputs (%d held out) in %.0f s", len(captured), len(held_out), seconds["calibration"])
+
+    # 2. the FP32 graph every quantization starts from
+    start = time.perf_counter()
+    graph = ptq.export_unet(unet, calib[0])
+    seconds["export"] = time.perf_counter() - start
+
+    # 3. fallback layers: none, the given ones, or the worst of a one-block-at-a-time scan
+    scan_results = None
+    if options.fallback == "auto":
+        start = time.perf_counter()
+        candidates = sensitivity.candidate_blocks(unet)
+        log.info("sensitivity scan over %d blocks", len(candidates))
+        scan_results = sensitivity.scan(
+            graph,
+            candidates,
+            _strided(calib, options.scan_inputs),
+            _strided(held_out, max(2, options.scan_inputs // 4)),
+            on_result=lambda s: log.info("  %-40s rel_mse %.3e", s.name, s.rel_mse),
+        )
+        fallback = sensitivity.choose_fallback(scan_results, options.fallback_budget)
+        seconds["sensitivity_scan"] = time.perf_counter() - start
+    elif options.fallback == "none":
+        fallback = []
+    else:
+        fallback = [name.strip() for name in options.fallback.split(",") if name.strip()]
+        known = dict(unet.named_modules())
+        unknown = [name for name in fallback if name not in known]
+        if unknown:
+            raise ValueError(f"no UNet module named {', '.join(unknown)}; names are as in unet.named_modules()")
+    log.info("kept in BF16: %s", ", ".join(fallback) or "nothing")
+
+    # 4. one quantized, compiled UNet per timestep group
+    groups = ptq.TimestepGroups.even(options.timestep_groups, pipe.scheduler.config.num_train_timesteps)
+    per_group = groups.split(calib)
+    empty = [g for g, items in enumerate(per_group) if not items]
+    if empty:
+        raise ValueError(
+            f"timestep group(s) {empty} of {len(groups)} got no calibration input; "
+            "use fewer groups, more samples, or the trajectory sampler"
+        )
+    out.mkdir(parents=True)
+    group_records = []
+    try:
+        for g, items in enumerate(per_group):
+            start = time.perf_counter()
+            converted = ptq.quantize_graph(graph, ptq.make_quantizer(fallback), items)
+            quantize_s = time.perf_counter() - start
+            start = time.perf_counter()
+            ptq.compile_package(converted, items[0], str(out / artifact.package_name(g)))
+            compile_s = time.perf_counter() - start
+            log.info("group %d: quantized in %.0f s, compiled in %.0f s", g, quantize_s, compile_s)
+            group_records.append(
+                {
+                    "t_min": groups.bounds[g],
+                    "t_max": groups.bounds[g + 1],
+                    "file": artifact.package_name(g),
+                    "calibration_inputs": len(items),
+                    "bytes": (out / artifact.package_name(g)).stat().st_size,
+                    "quantize_seconds": round(quantize_s, 2),
+                    "compile_seconds": round(compile_s, 2),
+                }
+            )
+            del converted
+
+        latent = calib[0].sample.shape[2:]
+        manifest = {
+            "name": out.name,
+            "method": "ptq-int8-static",
+            "recipe": ptq.RECIPE,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "calibration": {
+                **{k: v for k, v in asdict(options).items() if k not in ("fallback", "fallback_budget")},
+                "prompts": len(prompts),
+                "prompt_examples": prompts[:3],
+                "scheduler": type(pipe.scheduler).__name__,
+                "inputs": len(calib),
+                "held_out": len(held_out),
+                "timesteps": sorted({round(x.t, 2) for x in calib}),
+            },
+            "fallback": {
+                "mode": options.fallback if options.fallback in ("auto", "none") else "manual",
+                "budget": options.fallback_budget if options.fallback == "auto" else None,
+                "layers": fallback,
+                "scan": None if scan_results is None else [asdict(s) for s in scan_results],
+            },
+            "timestep_groups": group_records,
+            "model": {
+                "unet_fingerprint": artifact.unet_fingerprint(unet),
+                "unet_class": type(unet).__name__,
+                "latent_size": list(latent),
+                "image_size": [s * pipe.vae_scale_factor for s in latent],
+                "batch": {"min": 1, "max": None, "compiled_range": [ptq.BATCH_MIN, ptq.BATCH_MAX]},
+                "inputs": ["sample", "timestep", "encoder_hidden_states"]
+                + (["text_embeds", "time_ids"] if calib[0].added else []),
+            },
+            "runtime": artifact.runtime(),
+            "build_seconds": {k: round(v, 2) for k, v in seconds.items()},
+        }
+        manifest = artifact.write_manifest(out, manifest)
+
+        # 5. fidelity of the artifact as the server will load it
+        rss = psutil.Process().memory_info().rss
+        start = time.perf_counter()
+        variant = artifact.load_variant(out, pipe)
+        manifest["load_seconds"] = round(time.perf_counter() - start, 3)
+        manifest["load_rss_bytes"] = psutil.Process().memory_info().rss - rss
+        manifest["fidelity"] = fidelity(variant, unet, held_out)
+        manifest["package_bytes"] = sum(g["bytes"] for g in group_records)
+        log.info("fidelity on held-out inputs: %s", manifest["fidelity"])
+        return artifact.write_manifest(out, manifest)
+    except BaseException:
+        _remove(out)
+        raise
+
+
+def _remove(folder: Path) -> None:
+    """Remove a half-built artifact folder, so no server ever sees it."""
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+

@@ -1,0 +1,179 @@
+"""Post-training static INT8 quantization of a diffusers UNet with PT2E.
+
+The flow is torchao's PT2E one, for the x86 Inductor backend:
+``torch.export`` → ``prepare_pt2e`` with ``X86InductorQuantizer`` (INT8 per-channel
+symmetric weights, UINT8 per-tensor affine activations measured by histogram
+observers) → run the calibration inputs → ``convert_pt2e``. What stays
+unquantized (GroupNorm, softmax, the fallback layers, …) runs in BF16: the
+converted graph is exported again inside ``torch.autocast(bfloat16)``, which
+bakes the casts into the graph, and Inductor's freezing passes then fuse every
+dequantize → conv/linear → quantize chain into oneDNN INT8 kernels (AMX where the
+CPU has it).
+
+The batch dimension is dynamic (``BATCH_MIN``..``BATCH_MAX``; export specializes a
+batch of 1, which the variant handles by doubling the input); the latent size is
+the one of the calibration inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.export import Dim
+
+from quantization.calibration import UNetInputs
+
+BATCH_MIN, BATCH_MAX = 2, 32
+#: How the quantized artifacts are made, recorded in every manifest.
+RECIPE = {
+    "flow": "pt2e static (torch.export -> prepare_pt2e -> calibrate -> convert_pt2e)",
+    "quantizer": "torchao X86InductorQuantizer, default config",
+    "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver)",
+    "activations": "uint8 per-tensor affine, static (HistogramObserver)",
+    "unquantized_ops": "bf16 (torch.autocast baked into the exported graph)",
+    "compiler": "AOTInductor with freezing (oneDNN int8 conv/linear fusions)",
+}
+
+
+class UNetGraph(torch.nn.Module):
+    """The UNet as a function of tensors only, the form ``torch.export`` takes.
+
+    Arguments: ``sample, timestep (1-D), encoder_hidden_states`` and, for SDXL,
+    ``text_embeds, time_ids``. Module names inside are ``unet.<name>``.
+    """
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(
+            sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+        )[0]
+
+
+class _BF16(torch.nn.Module):
+    """Runs the converted graph under BF16 autocast; export records the casts it makes."""
+
+    def __init__(self, graph: torch.nn.Module):
+        super().__init__()
+        self.quantized = graph
+
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+        added = () if text_embeds is None else (text_embeds, time_ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.quantized(sample, timestep, encoder_hidden_states, *added).float()
+
+
+def _dynamic_batch(example: UNetInputs):
+    batch = Dim("batch", min=BATCH_MIN, max=BATCH_MAX)
+    return tuple({0: batch} for _ in example.args())
+
+
+def _example(example: UNetInputs) -> tuple[torch.Tensor, ...]:
+    """The example arguments at a batch export does not specialize on (at least ``BATCH_MIN``)."""
+    args = example.args()
+    if args[0].shape[0] >= BATCH_MIN:
+        return args
+    return tuple(torch.cat([a] * BATCH_MIN) for a in args)
+
+
+def export_unet(unet: torch.nn.Module, example: UNetInputs) -> torch.fx.GraphModule:
+    """The FP32 UNet as an exported graph module, batch dynamic, ready for ``prepare_pt2e``."""
+    graph = UNetGraph(unet).eval()
+    with torch.no_grad():
+        return torch.export.export(graph, _example(example), dynamic_shapes=_dynamic_batch(example)).module()
+
+
+def make_quantizer(fallback: Sequence[str] = (), only: str | None = None):
+    """An ``X86InductorQuantizer``: everything quantized but the ``fallback`` UNet modules
+    (names as in ``unet.named_modules()``), or, with ``only``, that one module alone."""
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    config = get_default_x86_inductor_quantization_config()
+    quantizer = X86InductorQuantizer()
+    if only is not None:
+        return quantizer.set_module_name_qconfig(f"unet.{only}", config)
+    quantizer.set_global(config)
+    for name in fallback:
+        quantizer.set_module_name_qconfig(f"unet.{name}", None)
+    return quantizer
+
+
+def quantize_graph(graph: torch.fx.GraphModule, quantizer, calibration: Sequence[UNetInputs]) -> torch.fx.GraphModule:
+    """Prepare a copy of ``graph``, run the calibration inputs through it, convert it."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not calibration:
+        raise ValueError("no calibration inputs to measure activation ranges on")
+    prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
+    with torch.no_grad():
+        for inputs in calibration:
+            prepared(*inputs.args())
+    converted = convert_pt2e(prepared)
+    _drop_tensor_metadata_asserts(converted)
+    return converted
+
+
+def _drop_tensor_metadata_asserts(graph: torch.fx.GraphModule) -> None:
+    """Remove ``aten._assert_tensor_metadata`` nodes: they pin fp32 dtypes that BF16
+    autocast changes, so the second export would fail on them."""
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target == torch.ops.aten._assert_tensor_metadata.default:
+            graph.graph.erase_node(node)
+    graph.recompile()
+
+
+def run_bf16(converted: torch.fx.GraphModule, inputs: UNetInputs) -> torch.Tensor:
+    """The converted graph run eagerly the way the artifact runs it (unquantized ops in
+    BF16): the reference the compiled artifact must match."""
+    with torch.no_grad():
+        return _BF16(converted)(*_example(inputs))[: inputs.sample.shape[0]]
+
+
+def compile_package(converted: torch.fx.GraphModule, example: UNetInputs, package_path: str) -> str:
+    """Export the converted graph with BF16 casts and compile it to an AOTInductor package."""
+    with torch.no_grad():
+        program = torch.export.export(_BF16(converted), _example(example), dynamic_shapes=_dynamic_batch(example))
+        program = program.run_decompositions({})  # inline the autocast region, keep aten ops whole
+        return torch._inductor.aoti_compile_and_package(
+            program, package_path=package_path, inductor_configs={"freezing": True}
+        )
+
+
+@dataclass
+class TimestepGroups:
+    """K contiguous ranges of training timesteps, each with its own activation scales.
+
+    Group ``g`` covers ``[bounds[g], bounds[g+1])``; the last one includes ``T``.
+    """
+
+    bounds: list[float] = field(default_factory=list)
+
+    @classmethod
+    def even(cls, k: int, num_train_timesteps: int) -> TimestepGroups:
+        if k < 1:
+            raise ValueError(f"timestep groups must be at least 1, got {k}")
+        return cls([num_train_timesteps * g / k for g in range(k + 1)])
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def index(self, t: float) -> int:
+        for g in range(len(self) - 1):
+            if t < self.bounds[g + 1]:
+                return g
+        return len(self) - 1
+
+    def split(self, inputs: Sequence[UNetInputs]) -> list[list[UNetInputs]]:
+        groups: list[list[UNetInputs]] = [[] for _ in range(len(self))]
+        for item in inputs:
+            groups[self.index(item.t)].append(item)
+        return groups
