@@ -13,6 +13,7 @@ import sys
 COMMANDS = [
     "app.commands.serve",
     "app.commands.generate",
+    "app.commands.eval",
 ]
 
 

@@ -179,16 +179,49 @@ def describe(obj: Obj, *, size: bool, position: bool) -> str:
 
 def caption(s: Scene, rng: np.random.Generator | None = None) -> str:
     """A caption of ``s``; ``rng`` picks which optional attributes it names (``None``: all of them)."""
+    return _caption(s, rng)[0]
+
+
+def _caption(s: Scene, rng: np.random.Generator | None) -> tuple[str, dict[str, str]]:
+    """The caption and, for a one-object scene, the attributes it names."""
 
     def named(p: float) -> bool:
         return True if rng is None else bool(rng.random() < p)
 
     position = named(_NAME_POSITION)  # both objects of a pair are placed, or neither
-    parts = [describe(obj, size=named(_NAME_SIZE), position=position) for obj in s.objects]
+    sizes = []
+    parts = []
+    for obj in s.objects:
+        sizes.append(named(_NAME_SIZE))
+        parts.append(describe(obj, size=sizes[-1], position=position))
     text = " and ".join(parts)
+    first = s.objects[0]
+    attributes = {"shape": first.shape, "color": first.color}
+    if sizes[0]:
+        attributes["size"] = first.size
+    if position:
+        attributes["position"] = first.position
     if named(_NAME_BACKGROUND):
         text += f" on a {s.background} background"
-    return text
+        attributes["background"] = s.background
+    return text, attributes
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A one-object prompt and the attributes it names (what the yardstick checks)."""
+
+    text: str
+    named: dict[str, str]
+
+
+def prompts(n: int, seed: int = 0) -> list[Prompt]:
+    """``n`` one-object prompts drawn as the data set draws its captions: plain to full forms."""
+    out = []
+    for i in range(n):
+        text, attributes = _caption(scene(i, seed, two_object_share=0.0), np.random.default_rng([seed, i, 1]))
+        out.append(Prompt(text, attributes))
+    return out
 
 
 def caption_of(index: int, seed: int = 0) -> str:
