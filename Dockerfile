@@ -4,7 +4,7 @@
 #   docker build -t mixdiff .
 #   docker run --cpuset-cpus 0-7 -e MIXDIFF_WORKERS=2 -p 8000:8000 mixdiff
 #
-# The default model (models/) is inside the image. Other models, and quantized
+# The default model (models/mixdiff-shapes) is inside the image. Other models, and quantized
 # artifacts made for them (<model>/quantized/<name>/), are mounted at /models:
 #   docker run -v /srv/models:/models:ro -e MIXDIFF_MODEL=/models/sd-1.5 mixdiff
 # deploy/README.md explains the tuning (workers x cores, allocator, OpenMP).
@@ -39,7 +39,8 @@ RUN apt-get update \
 
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /opt/mixdiff
-COPY models/ models/
+# The default model only: other models are mounted at /models.
+COPY models/mixdiff-shapes/ models/mixdiff-shapes/
 COPY deploy/docker/entrypoint.py deploy/docker/healthcheck.py bin/
 
 # Caches (torch, Hugging Face) go under /tmp: the root file system may be read-only.

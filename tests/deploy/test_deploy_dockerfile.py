@@ -70,7 +70,8 @@ def test_the_image_settings_are_known_and_name_the_embedded_model():
     unknown = {key for key in settings if key.removeprefix("MIXDIFF_").lower() not in Settings.model_fields}
     assert not unknown, f"not settings of the service: {sorted(unknown)}"
     workdir = re.findall(r"^WORKDIR (\S+)$", text, re.MULTILINE)[-1]
-    assert re.search(r"^COPY models/ models/$", text, re.MULTILINE)
+    embedded = f"models/{DEFAULT_MODEL.name}/"
+    assert f"\nCOPY {embedded} {embedded}\n" in text, "the image does not embed the default model"
     assert settings["MIXDIFF_MODEL"] == f"{workdir}/models/{DEFAULT_MODEL.name}"
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     assert settings["MIXDIFF_MODEL"] in compose["services"]["mixdiff"]["environment"]["MIXDIFF_MODEL"]
