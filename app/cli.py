@@ -13,6 +13,8 @@ import sys
 COMMANDS = [
     "app.commands.serve",
     "app.commands.generate",
+    "app.commands.quantize",
+    "app.commands.bench",
     "app.commands.eval",
 ]
 

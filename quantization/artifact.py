@@ -90,7 +90,8 @@ def runtime() -> dict:
 
 def unet_fingerprint(unet: torch.nn.Module) -> str:
     """A cheap identity of a UNet: its config and a strided sample of every weight."""
-    digest = hashlib.sha256(json.dumps(dict(unet.config), sort_keys=True, default=str).encode())
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}  # "_..." is bookkeeping
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, p in unet.named_parameters():
             flat = p.detach().reshape(-1)

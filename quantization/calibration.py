@@ -89,7 +89,7 @@ def default_prompts(n: int) -> list[str]:
     return [caption_of(i, PROMPT_SEED) for i in range(n)]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the captured tensors feed torch.export later
 def capture(
     pipe,
     prompts: Sequence[str],

@@ -1,0 +1,167 @@
+"""One UNet step at each precision, timed side by side: what ``mixdiff bench`` runs.
+
+The UNet is Stable Diffusion 1.5's architecture with random weights (the arithmetic,
+and so the time, is that of the trained model) on SD 1.5's real shapes: a CFG batch
+of 2, 64x64 latents (512x512 px), 77x768 text states. The variants are timed
+interleaved, round after round, so a neighbour's load on the machine falls on all of
+them alike; the ratios come from one run. INT8 is built exactly as
+``mixdiff quantize ptq`` builds it (PT2E, BF16 for the rest, AOTInductor), calibrated
+on random inputs at spread timesteps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from quantization import ptq
+from quantization.artifact import required_cpu_features
+from quantization.calibration import UNetInputs
+
+VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "int8-compiled")
+#: The variant the others are compared with.
+BASELINE = "bf16-compiled"
+
+
+def sd15_unet(seed: int = 0) -> UNet2DConditionModel:
+    """Stable Diffusion 1.5's UNet architecture with random weights."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    ).eval()
+
+
+def random_inputs(unet, t: float, seed: int, batch: int = 2) -> UNetInputs:
+    g = torch.Generator().manual_seed(seed)
+    size = unet.config.sample_size
+    return UNetInputs(
+        torch.randn(batch, unet.config.in_channels, size, size, generator=g),
+        torch.full((batch,), float(t)),
+        torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g),
+    )
+
+
+def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Callable], dict]:
+    """A no-argument callable per variant running one step, and what building each cost."""
+    args = inputs.args()
+    bf16 = copy.deepcopy(unet).to(torch.bfloat16)
+    bf16_args = (args[0].bfloat16(), args[1], args[2].bfloat16())
+    steps: dict[str, Callable] = {}
+    build: dict[str, dict] = {}
+    for name in variants:
+        start = time.perf_counter()
+        if name == "fp32-eager":
+            steps[name] = lambda: ptq.UNetGraph(unet)(*args)
+        elif name == "bf16-eager":
+            steps[name] = lambda: ptq.UNetGraph(bf16)(*bf16_args)
+        elif name == "bf16-compiled":
+            torch._inductor.config.freezing = True
+            compiled = torch.compile(ptq.UNetGraph(bf16))
+            compiled(*bf16_args)  # the first call compiles
+            steps[name] = lambda c=compiled: c(*bf16_args)
+        elif name == "int8-compiled":
+            calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
+            converted = ptq.quantize_graph(ptq.export_unet(unet, inputs), ptq.make_quantizer(), calibration)
+            package = ptq.compile_package(converted, inputs, str(work / "int8.pt2"))
+            built = time.perf_counter()
+            runner = torch._inductor.aoti_load_package(package)
+            build[name] = {"load_seconds": round(time.perf_counter() - built, 3), "bytes": Path(package).stat().st_size}
+            steps[name] = lambda r=runner: r(*args)
+        else:
+            raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        build.setdefault(name, {})["build_seconds"] = round(time.perf_counter() - start, 2)
+    return steps, build
+
+
+def time_embedding_share(unet, inputs: UNetInputs, rounds: int = 20) -> float:
+    """Time of the timestep embedding (sinusoid + MLP) over that of a whole FP32 step:
+    the most precomputing it per scheduler timestep could save."""
+    with torch.no_grad():
+        start = time.perf_counter()
+        for _ in range(rounds):
+            unet.time_embedding(unet.time_proj(inputs.timestep))
+        embedding = (time.perf_counter() - start) / rounds
+        start = time.perf_counter()
+        ptq.UNetGraph(unet)(*inputs.args())
+        step = time.perf_counter() - start
+    return embedding / step
+
+
+def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
+    """Median step seconds of each variant over ``rounds`` interleaved rounds, and ratios."""
+    inputs = random_inputs(unet, 500, seed=100)
+    with tempfile.TemporaryDirectory(prefix="mixdiff-bench-") as work, torch.no_grad():
+        steps, build = _steps(unet, variants, inputs, Path(work))
+        for _ in range(warmup):
+            for step in steps.values():
+                step()
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(rounds):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    base = median.get(BASELINE)
+    return {
+        "unet": {"parameters": sum(p.numel() for p in unet.parameters()), "sample_size": unet.config.sample_size},
+        "batch": inputs.sample.shape[0],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_features": required_cpu_features(),
+        "rounds": rounds,
+        "variants": {
+            name: {
+                "median_seconds": round(median[name], 4),
+                "min_seconds": round(min(times[name]), 4),
+                f"vs_{BASELINE}": None if base is None else round(median[name] / base, 3),
+                **build.get(name, {}),
+            }
+            for name in steps
+        },
+        "time_embedding_share_of_fp32_step": round(time_embedding_share(unet, inputs), 5),
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"UNet of {result['unet']['parameters'] / 1e6:.0f} M parameters, batch {result['batch']}, "
+        f"latents {result['unet']['sample_size']}x{result['unet']['sample_size']}, {result['threads']} threads, "
+        f"torch {result['torch']}, median of {result['rounds']} interleaved rounds.",
+        "",
+        f"| variant | step (s, median) | step (s, min) | vs {BASELINE} | build (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in result["variants"].items():
+        ratio = "" if v[f"vs_{BASELINE}"] is None else f"{v[f'vs_{BASELINE}']:.2f}x"
+        lines.append(
+            f"| {name} | {v['median_seconds']:.3f} | {v['min_seconds']:.3f} | {ratio} | {v['build_seconds']:.0f} |"
+        )
+    lines += ["", f"Time embedding: {100 * result['time_embedding_share_of_fp32_step']:.3f}% of an FP32 step."]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, prefix: Path) -> tuple[Path, Path]:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    md, js = prefix.with_suffix(".md"), prefix.with_suffix(".json")
+    md.write_text(markdown(result))
+    js.write_text(json.dumps(result, indent=2) + "\n")
+    return md, js

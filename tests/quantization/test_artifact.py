@@ -1,0 +1,132 @@
+"""The artifact: loads in a fresh process and computes what the in-memory quantized
+UNet computes; a damaged or mismatched one is refused with the problem named."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from app.pipeline.tiny import build_tiny_pipeline
+from quantization import artifact, ptq
+from quantization.artifact import ArtifactError
+
+pytestmark = pytest.mark.slow
+
+_LOAD_AND_RUN = textwrap.dedent(
+    """
+    import sys, torch
+    from pathlib import Path
+    from app.pipeline.tiny import build_tiny_pipeline
+    from quantization.artifact import load_variant
+
+    folder, inputs, output = sys.argv[1:]
+    variant = load_variant(Path(folder), build_tiny_pipeline("sd", seed=0))
+    outs = [variant(*args) for args in torch.load(inputs)]
+    torch.save({"precision": variant.precision, "outputs": outs}, output)
+    """
+)
+
+
+def _rel_mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b) ** 2).sum() / (b**2).sum())
+
+
+def test_artifact_loads_in_fresh_process_and_matches_in_memory_model(
+    tiny_pipe, tiny_artifact, calibration_split, tmp_path
+):
+    folder, manifest = tiny_artifact
+    calib, held_out = calibration_split
+    # The same quantization in memory, run eagerly with BF16 for what is not INT8.
+    converted = ptq.quantize_graph(ptq.export_unet(tiny_pipe.unet, calib[0]), ptq.make_quantizer(), calib)
+    expected = [ptq.run_bf16(converted, item) for item in held_out]
+    with torch.no_grad():
+        fp32 = [ptq.UNetGraph(tiny_pipe.unet)(*item.args()) for item in held_out]
+
+    # A 0-d timestep and a batch of 1 as the loop may pass them, besides the CFG batch of 2.
+    calls = [(x.sample, x.timestep[0].long(), x.encoder_hidden_states) for x in held_out]
+    calls.append((held_out[0].sample[:1], held_out[0].timestep[0], held_out[0].encoder_hidden_states[:1]))
+    torch.save(calls, tmp_path / "inputs.pt")
+    subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_RUN, str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+        check=True,
+        timeout=600,
+    )
+    result = torch.load(tmp_path / "out.pt")
+    assert result["precision"] == "int8"
+    *outs, single = result["outputs"]
+    for out, want, ref in zip(outs, expected, fp32):
+        assert out.dtype == torch.float32 and out.shape == want.shape
+        assert _rel_mse(out, want) < 1e-2  # compiled INT8 kernels vs the eager reference
+        assert _rel_mse(out, ref) < 5e-2  # and still close to FP32
+    assert torch.allclose(single, outs[0][:1], atol=1e-3, rtol=1e-3)
+
+    assert manifest["fidelity"]["held_out_inputs"] == len(held_out)
+    assert manifest["fidelity"]["rel_mse"] < 5e-2
+    assert set(manifest["files"]) == {"unet-g0.pt2"}
+
+
+@pytest.fixture
+def artifact_copy(tiny_artifact, tmp_path):
+    folder = tmp_path / "int8"
+    shutil.copytree(tiny_artifact[0], folder)
+    return folder
+
+
+def _edit_manifest(folder, edit) -> None:
+    path = folder / artifact.MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_intact_copy_verifies(artifact_copy, tiny_pipe):
+    assert artifact.verify(artifact_copy, tiny_pipe.unet)["name"] == "int8"
+
+
+def test_tampered_package_is_refused_naming_the_file(artifact_copy, tiny_pipe):
+    package = artifact_copy / "unet-g0.pt2"
+    data = bytearray(package.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    package.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"unet-g0\.pt2 does not match its sha256"):
+        artifact.load_variant(artifact_copy, tiny_pipe)
+
+
+def test_missing_package_is_refused(artifact_copy, tiny_pipe):
+    (artifact_copy / "unet-g0.pt2").unlink()
+    with pytest.raises(ArtifactError, match=r"unet-g0\.pt2 listed in manifest.json is missing"):
+        artifact.load_variant(artifact_copy, tiny_pipe)
+
+
+def test_other_torch_version_is_refused_naming_both(artifact_copy, tiny_pipe):
+    _edit_manifest(artifact_copy, lambda m: m["runtime"].update(torch="2.0.0"))
+    expected = f"built with torch 2.0.0, but torch {torch.__version__} is installed"
+    with pytest.raises(ArtifactError, match=re.escape(expected)):
+        artifact.load_variant(artifact_copy, tiny_pipe)
+
+
+def test_missing_cpu_feature_is_refused_naming_it(artifact_copy, tiny_pipe):
+    _edit_manifest(artifact_copy, lambda m: m["runtime"]["cpu_features"].append("amx_fp99"))
+    with pytest.raises(ArtifactError, match="CPU features this CPU lacks: amx_fp99"):
+        artifact.load_variant(artifact_copy, tiny_pipe)
+
+
+def test_artifact_of_another_unet_is_refused(artifact_copy):
+    with pytest.raises(ArtifactError, match="different UNet"):
+        artifact.load_variant(artifact_copy, build_tiny_pipeline("sd", seed=1))
+
+
+def test_missing_or_broken_manifest_is_refused(artifact_copy, tiny_pipe):
+    (artifact_copy / artifact.MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match="manifest.json is not valid JSON"):
+        artifact.load_variant(artifact_copy, tiny_pipe)
+    (artifact_copy / artifact.MANIFEST).unlink()
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        artifact.load_variant(artifact_copy, tiny_pipe)
