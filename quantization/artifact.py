@@ -25,6 +25,7 @@ from quantization.ptq import BATCH_MAX, BATCH_MIN, TimestepGroups
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+_REQUIRED = ("runtime", "files", "timestep_groups", "model")
 #: gcc ``-m`` flags Inductor compiles CPU kernels with, and the /proc/cpuinfo flag each needs.
 _GCC_TO_CPUINFO = {
     "-mavx2": "avx2",
@@ -116,8 +117,12 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{path} has format {manifest.get('format')!r}; this mixdiff reads format {FORMAT}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"{path} has format {found!r}; this mixdiff reads format {FORMAT}")
+    missing = [key for key in _REQUIRED if key not in manifest]
+    if missing:
+        raise ArtifactError(f"{path} lacks {', '.join(missing)}")
     return manifest
 
 

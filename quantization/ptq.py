@@ -27,6 +27,12 @@ from torch.export import Dim
 from quantization.calibration import UNetInputs
 
 BATCH_MIN, BATCH_MAX = 2, 32
+#: Inductor settings of the packages. ``freezing``: the pass that holds torchao's INT8
+#: conv/linear fusions (it also needs grad off). ``cpp.march=""``: no ``-march=native``,
+#: only the vector ISA's explicit ``-m`` flags, so the CPU features the manifest lists
+#: are all a package needs. ``cpp.dynamic_threads``: OpenMP loops take the thread count
+#: of the process that runs them, not of the machine that compiled them.
+AOTI_CONFIG = {"freezing": True, "cpp.march": "", "cpp.dynamic_threads": True}
 #: How the quantized artifacts are made, recorded in every manifest.
 RECIPE = {
     "flow": "pt2e static (torch.export -> prepare_pt2e -> calibrate -> convert_pt2e)",
@@ -34,7 +40,7 @@ RECIPE = {
     "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver)",
     "activations": "uint8 per-tensor affine, static (HistogramObserver)",
     "unquantized_ops": "bf16 (torch.autocast baked into the exported graph)",
-    "compiler": "AOTInductor with freezing (oneDNN int8 conv/linear fusions)",
+    "compiler": "AOTInductor, freezing (oneDNN int8 conv/linear fusions), no -march=native, dynamic threads",
 }
 
 
@@ -143,9 +149,7 @@ def compile_package(converted: torch.fx.GraphModule, example: UNetInputs, packag
     with torch.no_grad():
         program = torch.export.export(_BF16(converted), _example(example), dynamic_shapes=_dynamic_batch(example))
         program = program.run_decompositions({})  # inline the autocast region, keep aten ops whole
-        return torch._inductor.aoti_compile_and_package(
-            program, package_path=package_path, inductor_configs={"freezing": True}
-        )
+        return torch._inductor.aoti_compile_and_package(program, package_path=package_path, inductor_configs=AOTI_CONFIG)
 
 
 @dataclass
