@@ -7,11 +7,14 @@ The recipe, in order (every number is a flag; the defaults are the shipped model
 3. the latents of a fixed pool of data-set images, encoded once;
 4. the UNet and the text encoder together, on SD's epsilon-prediction denoising loss
    (min-SNR weighted), a caption form drawn afresh for every sample and dropped for
-   10% of them so that classifier-free guidance works; EMA of both;
+   10% of them so that classifier-free guidance works; EMA of both. Alongside, on a
+   second thread, the VAE decoder is fine-tuned on the frozen encoder's latents (the
+   latent space does not move, so the two stages are independent);
 5. the diffusers folder (safetensors) with the DDIM sampler over SD's noise schedule.
 
 Training runs under bf16 autocast with fp32 master weights (AMX makes bf16 about 3x
-faster on Xeon CPUs); every random draw comes from the seeds below. The yardstick
+faster on Xeon CPUs), one torch thread per stage (on a shared machine a second
+OpenMP thread mostly waits at barriers); every random draw comes from the seeds below. The yardstick
 classifier has its own subcommand: ``python -m quantization.shapes.train yardstick``.
 """
 
@@ -22,6 +25,7 @@ import copy
 import json
 import math
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +38,7 @@ from diffusers.models.attention_processor import AttnProcessor
 from quantization.shapes import architecture, dataset
 
 #: Data-set seeds of each stage, so no stage trains on another's held-out images.
-VAE_SEED, SCALE_SEED, POOL_SEED = 1, 2, 3
+VAE_SEED, SCALE_SEED, POOL_SEED, DECODER_SEED = 1, 2, 3, 4
 
 
 def _math_attention(model) -> None:
@@ -96,6 +100,58 @@ def train_vae(vae, args, device, log) -> None:
     vae.eval()
 
 
+def finetune_decoder(vae, args, device, log) -> None:
+    """Sharpen the decoder on the frozen encoder's latents, as SD's ft-MSE decoder was made.
+
+    The latent space the denoiser learns does not move, so this runs alongside the
+    denoiser's training. Latents are posterior samples, so the decoder also learns to
+    draw clean shapes from slightly-off latents, as generated ones are. Its random
+    draws come from its own generator, leaving the denoiser's untouched.
+    """
+    gen = torch.Generator(device).manual_seed(args.seed + DECODER_SEED)
+    decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    opt = torch.optim.AdamW(decoder, lr=args.decoder_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(args.decoder_steps // 20 + 1, args.decoder_steps))
+    vae.decoder.train()
+    for step in range(1, args.decoder_steps + 1):
+        start = (step - 1) * args.vae_batch
+        x = _to_tensor(dataset.images(range(start, start + args.vae_batch), DECODER_SEED), device)
+        with torch.no_grad(), _autocast(device):
+            posterior = vae.encode(x).latent_dist
+        z = posterior.mean.float() + posterior.std.float() * torch.randn(
+            posterior.mean.shape, generator=gen, device=device
+        )
+        with _autocast(device):
+            recon = vae.decode(z).sample.float()
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder, 1.0)
+        opt.step()
+        sched.step()
+        log("decoder", step, args.decoder_steps, rec=loss.item())
+    vae.eval()
+
+
+def decoder_command(args) -> int:
+    """Fine-tune the decoder of an exported VAE (the decoder stage on its own)."""
+    from diffusers import AutoencoderKL
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    vae = AutoencoderKL.from_pretrained(args.vae, local_files_only=True).to(device)
+    _math_attention(vae)
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    start = time.time()
+    finetune_decoder(vae, args, device, _Log(args.log_every))
+    vae.cpu().save_pretrained(args.out, safe_serialization=True)
+    print(json.dumps({"decoder_seconds": round(time.time() - start, 1)}), flush=True)
+    return 0
+
+
 @torch.no_grad()
 def encode(vae, images: np.ndarray, device, batch: int = 256) -> torch.Tensor:
     """Latent means (unscaled) of ``images``."""
@@ -129,7 +185,7 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, scenes, args, device,
 
     unet.train()
     text_encoder.train()
-    for step in range(1, args.steps + 1):
+    for step in range(1, (args.stop_after or args.steps) + 1):
         idx = rng.integers(len(latents), size=args.batch)
         captions = [
             "" if rng.random() < args.caption_dropout else dataset.caption(scenes[i], rng) for i in idx
@@ -153,7 +209,7 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, scenes, args, device,
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - decay)
         log("denoiser", step, args.steps, loss=loss.item(), lr=sched.get_last_lr()[0])
-        if step % args.checkpoint_every == 0 and step < args.steps:
+        if step % args.checkpoint_every == 0 and step < (args.stop_after or args.steps):
             checkpoint(ema_unet, ema_text)
     return ema_unet, ema_text
 
@@ -175,6 +231,14 @@ def export(out: Path, vae, text_encoder, tokenizer, unet, tokenizer_dir: Path) -
     shutil.copytree(tokenizer_dir, out / "tokenizer")
 
 
+def _reconstruction_psnr(vae, images: np.ndarray, device) -> float:
+    """PSNR (dB) of ``images`` through the VAE (latent means), on the [0, 1] scale."""
+    x = _to_tensor(images, device)
+    with torch.no_grad(), _autocast(device):
+        recon = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
+    return float(-10 * torch.log10(F.mse_loss(recon.clamp(-1, 1) / 2, x / 2)))
+
+
 def pipeline_command(args) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -185,21 +249,22 @@ def pipeline_command(args) -> int:
     timings: dict[str, float] = {}
     t0 = time.time()
 
+    # 1. the VAE
     tok = architecture.tokenizer(work / "tokenizer")
     vae = architecture.vae().to(device)
     _math_attention(vae)
     train_vae(vae, args, device, log)
+    vae.requires_grad_(False)
     timings["vae_seconds"] = time.time() - t0
 
+    # 2. its scaling factor
     held_out = dataset.images(range(args.scale_images), SCALE_SEED)
-    scale_latents = encode(vae, held_out, device)
-    scaling_factor = float(1.0 / scale_latents.std())
+    scaling_factor = float(1.0 / encode(vae, held_out, device).std())
     vae.register_to_config(scaling_factor=scaling_factor)
-    with torch.no_grad(), _autocast(device):
-        recon = vae.decode(scale_latents[:256]).sample.float()
-    psnr = float(-10 * torch.log10(F.mse_loss(recon.clamp(-1, 1) / 2, _to_tensor(held_out[:256], device) / 2)))
-    print(f"latent scaling factor {scaling_factor:.4f}; VAE reconstruction PSNR {psnr:.2f} dB", flush=True)
+    psnr = {"vae_psnr_db": _reconstruction_psnr(vae, held_out[:256], device)}
+    print(f"latent scaling factor {scaling_factor:.4f}; VAE reconstruction PSNR {psnr['vae_psnr_db']:.2f} dB")
 
+    # 3. the latent pool
     t1 = time.time()
     scenes = [dataset.scene(i, POOL_SEED) for i in range(args.pool)]
     latents = torch.cat(
@@ -210,7 +275,18 @@ def pipeline_command(args) -> int:
     ).mul(scaling_factor).cpu()
     timings["pool_seconds"] = time.time() - t1
 
+    # 4. the denoiser, with the decoder's fine-tuning alongside on a second thread
     t2 = time.time()
+    tuned = copy.deepcopy(vae)
+    tuned.decoder.requires_grad_(True)
+    tuned.post_quant_conv.requires_grad_(True)
+
+    def decoder_stage() -> None:
+        finetune_decoder(tuned, args, device, log)
+        timings["decoder_seconds"] = time.time() - t2
+
+    decoder_thread = threading.Thread(target=decoder_stage, name="decoder")
+    decoder_thread.start()
     torch.manual_seed(args.seed)
     unet = architecture.unet().to(device)
     _math_attention(unet)
@@ -222,15 +298,18 @@ def pipeline_command(args) -> int:
 
     ema_unet, ema_text = train_denoiser(unet, text_encoder, tok, latents, scenes, args, device, log, checkpoint)
     timings["denoiser_seconds"] = time.time() - t2
+    decoder_thread.join()
     timings["total_seconds"] = time.time() - t0
+    psnr["decoder_psnr_db"] = _reconstruction_psnr(tuned, held_out[:256], device)
 
+    # 5. the diffusers folder
     out = Path(args.out)
-    export(out, vae.cpu(), ema_text.cpu(), tok, ema_unet.cpu(), work / "tokenizer")
+    export(out, tuned.cpu(), ema_text.cpu(), tok, ema_unet.cpu(), work / "tokenizer")
     summary = {
         "recipe": {k: v for k, v in vars(args).items() if k not in ("func", "out", "work", "device")},
         "device": args.device,
         "scaling_factor": scaling_factor,
-        "vae_psnr_db": psnr,
+        **psnr,
         **{k: round(v, 1) for k, v in timings.items()},
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -266,18 +345,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-kl", type=float, default=1e-4, help="weight of the KL term (per pixel value)")
+    p.add_argument("--decoder-steps", type=int, default=2000, help="decoder fine-tuning steps (frozen encoder)")
+    p.add_argument("--decoder-lr", type=float, default=1e-3)
     p.add_argument("--scale-images", type=int, default=2048, help="held-out images that measure the scaling factor")
     p.add_argument("--pool", type=int, default=40000, help="data-set images whose latents the denoiser trains on")
     p.add_argument("--steps", type=int, default=3600, help="denoiser optimizer steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="end after this many steps of the --steps schedule (its learning rate still decays over --steps)",
+    )
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--snr-gamma", type=float, default=5.0)
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--checkpoint-every", type=int, default=500, help="write the EMA pipeline to <work>/checkpoint")
     p.set_defaults(func=pipeline_command)
+
+    d = sub.add_parser("decoder", help="fine-tune the decoder of an exported VAE on its frozen encoder")
+    d.add_argument("--vae", required=True, help="VAE folder to start from")
+    d.add_argument("--out", required=True, help="VAE folder to write")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--vae-batch", type=int, default=32)
+    d.add_argument("--decoder-steps", type=int, default=1500)
+    d.add_argument("--decoder-lr", type=float, default=1e-3)
+    d.add_argument("--log-every", type=int, default=100)
+    d.set_defaults(func=decoder_command)
 
     y = sub.add_parser("yardstick", help="train the classifier that reads generated images")
     y.add_argument("--out", default="models/shapes-yardstick")
