@@ -74,11 +74,24 @@ def _added(item: UNetInputs):
     return {"text_embeds": item.added[0], "time_ids": item.added[1]} if item.added else None
 
 
+def _manual_fallback(unet: torch.nn.Module, fallback: str) -> list[str]:
+    """The module names of a manual ``fallback`` list, checked before any work is done."""
+    if fallback in ("auto", "none"):
+        return []
+    names = [name.strip() for name in fallback.split(",") if name.strip()]
+    known = dict(unet.named_modules())
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"no UNet module named {', '.join(unknown)}; names are as in unet.named_modules()")
+    return names
+
+
 def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -> dict:
     """Quantize ``pipe.unet`` into the artifact folder ``out`` (created; must not exist); its manifest."""
     if out.exists():
         raise FileExistsError(f"{out} already exists; remove it or choose another --out name")
     unet = pipe.unet.eval()
+    manual = _manual_fallback(unet, options.fallback)
     seconds: dict[str, float] = {}
 
     # 1. calibration inputs from the FP32 model's own denoising runs
@@ -102,7 +115,7 @@ def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -
     seconds["export"] = time.perf_counter() - start
 
     # 3. fallback layers: none, the given ones, or the worst of a one-block-at-a-time scan
-    scan_results = None
+    scan_results, fallback = None, manual
     if options.fallback == "auto":
         start = time.perf_counter()
         candidates = sensitivity.candidate_blocks(unet)
@@ -116,14 +129,6 @@ def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -
         )
         fallback = sensitivity.choose_fallback(scan_results, options.fallback_budget)
         seconds["sensitivity_scan"] = time.perf_counter() - start
-    elif options.fallback == "none":
-        fallback = []
-    else:
-        fallback = [name.strip() for name in options.fallback.split(",") if name.strip()]
-        known = dict(unet.named_modules())
-        unknown = [name for name in fallback if name not in known]
-        if unknown:
-            raise ValueError(f"no UNet module named {', '.join(unknown)}; names are as in unet.named_modules()")
     log.info("kept in BF16: %s", ", ".join(fallback) or "nothing")
 
     # 4. one quantized, compiled UNet per timestep group
