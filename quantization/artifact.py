@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from quantization.calibration import UNetInputs
-from quantization.ptq import BATCH_MAX, BATCH_MIN, TimestepGroups
+from quantization.ptq import TimestepGroups, run_in_batches
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -160,9 +160,9 @@ def verify(folder: Path, unet: torch.nn.Module | None = None) -> dict:
 class Int8UNet:
     """A ``UNetVariant`` running the artifact's compiled packages, one per timestep group.
 
-    Takes and returns fp32. Any batch works (a batch of 1 is doubled, one over
-    ``BATCH_MAX`` is split); the latent size is fixed at the one it was built for,
-    which ``supports`` tells before a generation starts.
+    Takes and returns fp32. Any batch works (the packages run batches of
+    ``ptq.BATCH``, so a larger one runs in chunks); the latent size is fixed at the
+    one it was built for, which ``supports`` tells before a generation starts.
     """
 
     def __init__(self, precision: str, manifest: dict, runners: list, vae_scale_factor: int):
@@ -188,15 +188,7 @@ class Int8UNet:
             )
         inputs = UNetInputs.from_call(sample, timestep, encoder_hidden_states, added_cond_kwargs)
         runner = self.runners[self.groups.index(inputs.t)]
-        batch = sample.shape[0]
-        outputs = []
-        for start in range(0, batch, BATCH_MAX):
-            chunk = [a[start : start + BATCH_MAX] for a in inputs.args()]
-            n = chunk[0].shape[0]
-            if n < BATCH_MIN:
-                chunk = [torch.cat([a] * BATCH_MIN) for a in chunk]
-            outputs.append(runner(*chunk)[:n])
-        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        return run_in_batches(runner, inputs.args())
 
 
 def load_variant(path: Path, pipe) -> Int8UNet:

@@ -191,7 +191,7 @@ def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -
                 "unet_class": type(unet).__name__,
                 "latent_size": list(latent),
                 "image_size": [s * pipe.vae_scale_factor for s in latent],
-                "batch": {"min": 1, "max": None, "compiled_range": [ptq.BATCH_MIN, ptq.BATCH_MAX]},
+                "compiled_batch": ptq.BATCH,
                 "inputs": ["sample", "timestep", "encoder_hidden_states"]
                 + (["text_embeds", "time_ids"] if calib[0].added else []),
             },

@@ -10,9 +10,10 @@ bakes the casts into the graph, and Inductor's freezing passes then fuse every
 dequantize → conv/linear → quantize chain into oneDNN INT8 kernels (AMX where the
 CPU has it).
 
-The batch dimension is dynamic (``BATCH_MIN``..``BATCH_MAX``; export specializes a
-batch of 1, which the variant handles by doubling the input); the latent size is
-the one of the calibration inputs.
+The graph is exported for a batch of ``BATCH`` (one image with classifier-free
+guidance) and a latent size, those of the calibration inputs; ``run_in_batches``
+runs any batch through it in chunks. (With a dynamic batch dimension, torchao's
+qlinear fusion fails on UNets with linear projections, SD 2.x and SDXL.)
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch.export import Dim
 
 from quantization.calibration import UNetInputs
 
-BATCH_MIN, BATCH_MAX = 2, 32
+BATCH = 2
 #: Inductor settings of the packages. ``freezing``: the pass that holds torchao's INT8
 #: conv/linear fusions (it also needs grad off). ``cpp.march=""``: no ``-march=native``,
 #: only the vector ISA's explicit ``-m`` flags, so the CPU features the manifest lists
@@ -75,24 +75,33 @@ class _BF16(torch.nn.Module):
             return self.quantized(sample, timestep, encoder_hidden_states, *added).float()
 
 
-def _dynamic_batch(example: UNetInputs):
-    batch = Dim("batch", min=BATCH_MIN, max=BATCH_MAX)
-    return tuple({0: batch} for _ in example.args())
+def _chunks(args: tuple[torch.Tensor, ...]):
+    """``(chunk, n)`` pairs: the arguments cut into batches of exactly ``BATCH``, the last
+    one padded by repeating its last item, and how many items of each are real."""
+    total = args[0].shape[0]
+    for start in range(0, total, BATCH):
+        chunk = [a[start : start + BATCH] for a in args]
+        n = chunk[0].shape[0]
+        if n < BATCH:
+            chunk = [torch.cat([a, a[-1:].expand(BATCH - n, *a.shape[1:])]) for a in chunk]
+        yield tuple(chunk), n
+
+
+def run_in_batches(fn, args: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``fn`` (a graph built for a batch of ``BATCH``) applied to arguments of any batch."""
+    outputs = [fn(*chunk)[:n] for chunk, n in _chunks(args)]
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
 def _example(example: UNetInputs) -> tuple[torch.Tensor, ...]:
-    """The example arguments at a batch export does not specialize on (at least ``BATCH_MIN``)."""
-    args = example.args()
-    if args[0].shape[0] >= BATCH_MIN:
-        return args
-    return tuple(torch.cat([a] * BATCH_MIN) for a in args)
+    return next(_chunks(example.args()))[0]
 
 
 def export_unet(unet: torch.nn.Module, example: UNetInputs) -> torch.fx.GraphModule:
-    """The FP32 UNet as an exported graph module, batch dynamic, ready for ``prepare_pt2e``."""
+    """The FP32 UNet as an exported graph module, ready for ``prepare_pt2e``."""
     graph = UNetGraph(unet).eval()
     with torch.no_grad():
-        return torch.export.export(graph, _example(example), dynamic_shapes=_dynamic_batch(example)).module()
+        return torch.export.export(graph, _example(example)).module()
 
 
 def make_quantizer(fallback: Sequence[str] = (), only: str | None = None):
@@ -122,7 +131,7 @@ def quantize_graph(graph: torch.fx.GraphModule, quantizer, calibration: Sequence
     prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
     with torch.no_grad():
         for inputs in calibration:
-            prepared(*inputs.args())
+            run_in_batches(prepared, inputs.args())
     converted = convert_pt2e(prepared)
     _drop_tensor_metadata_asserts(converted)
     return converted
@@ -141,13 +150,13 @@ def run_bf16(converted: torch.fx.GraphModule, inputs: UNetInputs) -> torch.Tenso
     """The converted graph run eagerly the way the artifact runs it (unquantized ops in
     BF16): the reference the compiled artifact must match."""
     with torch.no_grad():
-        return _BF16(converted)(*_example(inputs))[: inputs.sample.shape[0]]
+        return run_in_batches(_BF16(converted), inputs.args())
 
 
 def compile_package(converted: torch.fx.GraphModule, example: UNetInputs, package_path: str) -> str:
     """Export the converted graph with BF16 casts and compile it to an AOTInductor package."""
     with torch.no_grad():
-        program = torch.export.export(_BF16(converted), _example(example), dynamic_shapes=_dynamic_batch(example))
+        program = torch.export.export(_BF16(converted), _example(example))
         program = program.run_decompositions({})  # inline the autocast region, keep aten ops whole
         return torch._inductor.aoti_compile_and_package(program, package_path=package_path, inductor_configs=AOTI_CONFIG)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from quantization.calibration import UNetInputs
-from quantization.ptq import make_quantizer, quantize_graph
+from quantization.ptq import make_quantizer, quantize_graph, run_in_batches
 
 _QUANTIZABLE = (torch.nn.Conv2d, torch.nn.Linear)
 
@@ -60,7 +60,7 @@ def relative_error(graph: torch.nn.Module, reference: Sequence[torch.Tensor], in
     error = norm = 0.0
     with torch.no_grad():
         for ref, item in zip(reference, inputs):
-            out = graph(*item.args())
+            out = run_in_batches(graph, item.args())
             error += float(((out - ref) ** 2).sum())
             norm += float((ref**2).sum())
     return error / max(norm, 1e-30)
@@ -79,7 +79,7 @@ def scan(
     with each ``Sensitivity`` as it is measured (progress for a long scan).
     """
     with torch.no_grad():
-        reference = [graph(*item.args()) for item in evaluation]
+        reference = [run_in_batches(graph, item.args()) for item in evaluation]
     results = []
     for name in candidates:
         quantized = quantize_graph(graph, make_quantizer(only=name), calibration)
