@@ -1,0 +1,49 @@
+"""``mixdiff quantize`` and ``mixdiff bench`` refuse bad arguments with a clear message, before any work."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.cli import main
+
+
+def test_quantize_needs_a_pipeline_folder(tmp_path, capsys):
+    assert main(["quantize", "ptq", "--model", str(tmp_path)]) == 2
+    assert "not a diffusers pipeline folder" in capsys.readouterr().err
+
+
+def test_quantize_will_not_overwrite_an_artifact(tmp_path, capsys):
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "quantized" / "int8").mkdir(parents=True)
+    assert main(["quantize", "ptq", "--model", str(tmp_path), "--out", "int8"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["quantize", "ptq", "--sampler", "gauss"], "invalid choice: 'gauss'"),
+        (["quantize", "ptq", "--timestep-groups", "0"], "must be at least 1, got 0"),
+        (["quantize", "ptq", "--fallback-budget", "-1"], "must be at least 0, got -1"),
+    ],
+)
+def test_quantize_rejects_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_rejects_unknown_variant(capsys):
+    assert main(["bench", "--variants", "int4-compiled"]) == 2
+    assert "unknown variant(s) int4-compiled" in capsys.readouterr().err
+
+
+def test_cli_choices_match_the_library():
+    """The commands repeat these names so that ``--help`` need not import torch."""
+    from app.commands import bench as bench_command
+    from app.commands import quantize as quantize_command
+    from quantization import bench, calibration
+
+    assert quantize_command._SAMPLERS == calibration.SAMPLERS
+    assert bench_command._VARIANTS == bench.VARIANTS
