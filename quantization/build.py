@@ -33,6 +33,7 @@ class BuildOptions:
     fallback_budget: int = 3  # blocks the automatic scan may keep in BF16
     timestep_groups: int = 1
     holdout_every: int = 8  # every n-th captured input is kept out of calibration, to measure fidelity
+    fidelity_inputs: int = 32  # held-out inputs the fidelity is measured on, at most
     scan_inputs: int = 16  # calibration inputs per candidate in the sensitivity scan (it quantizes once per block)
 
 
@@ -206,7 +207,7 @@ def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -
         variant = artifact.load_variant(out, pipe)
         manifest["load_seconds"] = round(time.perf_counter() - start, 3)
         manifest["load_rss_bytes"] = psutil.Process().memory_info().rss - rss
-        manifest["fidelity"] = fidelity(variant, unet, held_out)
+        manifest["fidelity"] = fidelity(variant, unet, _strided(held_out, options.fidelity_inputs))
         manifest["package_bytes"] = sum(g["bytes"] for g in group_records)
         log.info("fidelity on held-out inputs: %s", manifest["fidelity"])
         return artifact.write_manifest(out, manifest)

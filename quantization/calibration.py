@@ -51,8 +51,8 @@ class UNetInputs:
             t = t.expand(batch)
         added = ()
         if added_cond_kwargs:
-            added = (added_cond_kwargs["text_embeds"].float(), added_cond_kwargs["time_ids"].float())
-        return cls(sample.float(), t.contiguous(), encoder_hidden_states.float(), added)
+            added = (_dense(added_cond_kwargs["text_embeds"]), _dense(added_cond_kwargs["time_ids"]))
+        return cls(_dense(sample), _dense(t), _dense(encoder_hidden_states), added)
 
     def args(self) -> tuple[torch.Tensor, ...]:
         """Positional arguments of the exported UNet graph."""
@@ -61,6 +61,11 @@ class UNetInputs:
     @property
     def t(self) -> float:
         return float(self.timestep[0])
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """fp32 and contiguous: compiled packages assume the strides they were traced with."""
+    return x.float().contiguous()
 
 
 def draw_steps(
