@@ -125,7 +125,7 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
         "batch": inputs.sample.shape[0],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cpu_features": required_cpu_features(),
         "rounds": rounds,
         "variants": {
@@ -141,11 +141,21 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
     }
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"UNet of {result['unet']['parameters'] / 1e6:.0f} M parameters, batch {result['batch']}, "
         f"latents {result['unet']['sample_size']}x{result['unet']['sample_size']}, {result['threads']} threads, "
-        f"torch {result['torch']}, median of {result['rounds']} interleaved rounds.",
+        f"torch {result['torch']}, {result['cpu']}, median of {result['rounds']} interleaved rounds.",
         "",
         f"| variant | step (s, median) | step (s, min) | vs {BASELINE} | build (s) |",
         "|---|---|---|---|---|",
