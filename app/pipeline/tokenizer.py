@@ -26,20 +26,19 @@ def write_clip_tokenizer(words: Iterable[str], directory: str | Path, max_length
     vocab: dict[str, int] = {}
     for token in chars + [c + "</w>" for c in chars]:
         vocab.setdefault(token, len(vocab))
-    merges: list[str] = []
+    ranks: dict[tuple[str, str], int] = {}
     for word in sorted({w.lower() for w in words if w}):
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        joined = symbols[0]
-        for symbol in symbols[1:]:
-            merge = f"{joined} {symbol}"
-            if merge not in merges:
-                merges.append(merge)
-            joined += symbol
-            vocab.setdefault(joined, len(vocab))
+        # Add merges until BPE, applying every earlier merge first, makes the word one
+        # token. A merge added last has the lowest priority, so it never changes how
+        # the words before it split.
+        while len(symbols := _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)) > 1:
+            ranks[(symbols[0], symbols[1])] = len(ranks)
+            vocab.setdefault(symbols[0] + symbols[1], len(vocab))
     for special in (BOS, EOS):
         vocab.setdefault(special, len(vocab))
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    merges = "\n".join(f"{a} {b}" for a, b in ranks)
+    (directory / "merges.txt").write_text(f"#version: 0.2\n{merges}\n")
     (directory / "tokenizer_config.json").write_text(
         json.dumps(
             {
@@ -53,3 +52,14 @@ def write_clip_tokenizer(words: Iterable[str], directory: str | Path, max_length
         )
     )
     return CLIPTokenizer.from_pretrained(directory, local_files_only=True)
+
+
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding as CLIP's tokenizer does it: merge the best-ranked adjacent pair until none is left."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+    return symbols
