@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from app.errors import InvalidRequest
 from app.pipeline.loader import load_diffusers_pipeline
 from app.pipeline.schedulers import make_scheduler
 from app.pipeline.types import GenerationParams, GenerationResult, StepCallback, StepRecord, UNetVariant
@@ -90,6 +91,7 @@ class MixedPrecisionPipeline:
         # 1. check inputs
         if len(schedule) != params.steps:
             raise ValueError(f"schedule has {len(schedule)} entries for {params.steps} steps")
+        self._check_sizes(schedule, params.n, width, height)
         warnings = self._prompt_warnings(params)
         cfg = params.guidance_scale > 1.0
 
@@ -141,6 +143,18 @@ class MixedPrecisionPipeline:
             total_seconds=time.perf_counter() - start,
             warnings=warnings,
         )
+
+    def _check_sizes(self, schedule: list[str], n: int, width: int, height: int) -> None:
+        """Variants built for fixed shapes (int8 artifacts) refuse others before any work is done."""
+        batch = 2 * n  # classifier-free guidance doubles the UNet batch
+        for name in dict.fromkeys(schedule):
+            supports = getattr(self.variants[name], "supports", None)
+            if supports is not None and not supports(batch, height, width):
+                raise InvalidRequest(
+                    f"precision {name!r} was built for {self.info.default_size}x{self.info.default_size} images, "
+                    f"not {width}x{height}: ask for that size or another precision",
+                    param="precision",
+                )
 
     def _prompt_warnings(self, params: GenerationParams) -> list[str]:
         limit = self.info.max_prompt_tokens

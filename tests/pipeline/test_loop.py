@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.errors import InvalidRequest
 from app.pipeline.loader import ModelLoadError
 from app.pipeline.loop import MixedPrecisionPipeline
 from app.pipeline.schedulers import SCHEDULERS
@@ -111,3 +112,20 @@ def test_compiled_variant_matches_eager(tiny):
     want = pixels(tiny.generate(params, ["bf16"] * 2).images[0])
     other = pixels(tiny.generate(GenerationParams(prompt="a red circle", steps=2, seed=6), ["bf16"] * 2).images[0])
     assert np.abs(got - want).mean() < 0.2 * np.abs(other - want).mean()
+
+
+class FixedSize(Spy):
+    """A variant built for the default size only, as int8 artifacts are."""
+
+    def supports(self, batch, height, width):
+        return (height, width) == (64, 64)
+
+
+def test_fixed_size_variants_refuse_other_sizes_before_running(tiny):
+    fixed = FixedSize(tiny.variants["bf16"])
+    model = MixedPrecisionPipeline(tiny.pipe, {"bf16": fixed, "fp32": tiny.variants["fp32"]}, tiny.info)
+    with pytest.raises(InvalidRequest, match="'bf16' was built for 64x64 images, not 48x64"):
+        model.generate(GenerationParams(prompt="a cat", steps=2, width=48), ["fp32", "bf16"])
+    assert fixed.calls == 0
+    assert len(model.generate(GenerationParams(prompt="a cat", steps=2), ["fp32", "bf16"]).images) == 1
+    assert fixed.calls == 1
