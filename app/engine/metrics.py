@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
+from app.errors import ERROR_TYPES
+
+#: The ``endpoint`` label values: the routes that admit generation requests.
+ENDPOINTS = ("generate", "jobs", "openai")
+
 # A step takes 0.01-5 s on CPU; a request 0.1-600 s.
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 PHASE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -75,3 +80,16 @@ class Metrics:
             registry=r,
         )
         self.model_info = Info("mixdiff_model", "The loaded model and the precisions it offers.", registry=r)
+        # Every label value known in advance is exported at zero from the start, so the
+        # first request shows as an increase (rate, increase) rather than as a new series.
+        for endpoint in ENDPOINTS:
+            self.requests.labels(endpoint)
+            self.request_seconds.labels(endpoint)
+        for reason in ERROR_TYPES:
+            self.failures.labels(reason)
+
+    def offer_precisions(self, precisions: list[str]) -> None:
+        """Export the per-precision step series at zero once the model's precisions are known."""
+        for precision in precisions:
+            self.step_seconds.labels(precision)
+            self.steps.labels(precision)

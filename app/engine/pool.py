@@ -263,6 +263,7 @@ class WorkerPool:
             m.worker_memory_bytes.labels(str(handle.index)).set(message.rss_bytes)
             if self.model is None:
                 self.model = LoadedModel(message.info, message.precisions, message.schedulers)
+                m.offer_precisions(message.precisions)
                 m.model_info.info(
                     {
                         "name": str(message.info["name"]),

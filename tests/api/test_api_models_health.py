@@ -47,3 +47,18 @@ def test_openai_route_errors(client):
     assert url.status_code == 422 and url.json()["error"]["param"] == "response_format"
     size = client.post("/v1/images/generations", json={"prompt": "x", "size": "big"})
     assert size.status_code == 422 and "WIDTHxHEIGHT" in size.json()["error"]["message"]
+
+
+def test_metrics_export_known_series_at_zero_before_any_request():
+    """Rates see the first request as an increase only if the series existed before it."""
+    from prometheus_client import generate_latest
+
+    from app.engine.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.offer_precisions(["bf16", "int8"])
+    text = generate_latest(metrics.registry).decode()
+    assert 'mixdiff_requests_total{endpoint="openai"} 0.0' in text
+    assert 'mixdiff_failures_total{reason="worker_died"} 0.0' in text
+    assert 'mixdiff_denoise_steps_total{precision="int8"} 0.0' in text
+    assert 'mixdiff_denoise_step_seconds_count{precision="bf16"} 0.0' in text
