@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from app.commands.arguments import at_least
 from app.settings import DEFAULT_MODEL, REPO_ROOT
 
 
@@ -23,8 +24,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="diffusers folder of the shapes model")
     parser.add_argument("--schedules", default="fp32,bf16", help="comma-separated, e.g. fp32,bf16,bf16/int8:5:5")
-    parser.add_argument("--n", type=_at_least(2), default=100, help="prompts (one image each, per schedule)")
-    parser.add_argument("--steps", type=_at_least(1), default=50)
+    parser.add_argument("--n", type=at_least(2), default=100, help="prompts (one image each, per schedule)")
+    parser.add_argument("--steps", type=at_least(1), default=50)
     parser.add_argument("--guidance-scale", type=float, default=4.0)
     parser.add_argument("--scheduler", default="ddim")
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
@@ -36,16 +37,6 @@ def register(subparsers) -> None:
     parser.add_argument("--grid", default=None, help="also write the first 16 FP32 images, captioned, to this PNG")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.set_defaults(func=run)
-
-
-def _at_least(low: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from app.commands.arguments import at_least
 from app.settings import DEFAULT_MODEL
 
 
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
         help='a precision name, or a JSON schedule: \'{"high": "bf16", "low": "int8", "first": 5, "last": 5}\' '
         "or a list with one precision per step",
     )
-    parser.add_argument("--steps", type=_positive, default=30)
+    parser.add_argument("--steps", type=at_least(1), default=30)
     parser.add_argument("--width", type=int, default=None, help="pixels; default: the model's size")
     parser.add_argument("--height", type=int, default=None, help="pixels; default: the model's size")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
@@ -32,13 +33,6 @@ def register(subparsers) -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the UNets"
     )
     parser.set_defaults(func=run)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _spec(text: str):

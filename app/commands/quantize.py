@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from app.commands.arguments import at_least
 from app.settings import DEFAULT_MODEL
 
 _SAMPLERS = ("trajectory", "uniform", "normal")  # quantization.calibration.SAMPLERS, without importing torch
@@ -34,15 +35,15 @@ def register(subparsers) -> None:
         help="which denoising steps give calibration inputs: every step (trajectory), timesteps uniform over "
         "[0, T) (Q-Diffusion) or normal around 0.4 T (PTQ4DM)",
     )
-    ptq.add_argument("--prompts", type=_count, default=32, help="calibration prompts (each is one FP32 run)")
+    ptq.add_argument("--prompts", type=at_least(1), default=32, help="calibration prompts (each is one FP32 run)")
     ptq.add_argument(
         "--prompt-file",
         type=Path,
         default=None,
         help="calibration prompts, one per line (default: captions of the embedded model's data set)",
     )
-    ptq.add_argument("--samples", type=_count, default=8, help="inputs kept per prompt (uniform and normal samplers)")
-    ptq.add_argument("--steps", type=_count, default=50, help="denoising steps of each calibration run")
+    ptq.add_argument("--samples", type=at_least(1), default=8, help="inputs kept per prompt (uniform and normal samplers)")
+    ptq.add_argument("--steps", type=at_least(1), default=50, help="denoising steps of each calibration run")
     ptq.add_argument("--guidance-scale", type=float, default=7.5)
     ptq.add_argument("--seed", type=int, default=0)
     ptq.add_argument(
@@ -51,30 +52,16 @@ def register(subparsers) -> None:
         help="UNet blocks kept in BF16: 'none', 'auto' (a sensitivity scan picks the worst, up to "
         "--fallback-budget; it quantizes once per block, so it takes a while) or module names, comma-separated",
     )
-    ptq.add_argument("--fallback-budget", type=_count0, default=3, help="most blocks 'auto' keeps in BF16")
+    ptq.add_argument("--fallback-budget", type=at_least(0), default=3, help="most blocks 'auto' keeps in BF16")
     ptq.add_argument(
         "--timestep-groups",
-        type=_count,
+        type=at_least(1),
         default=1,
         help="ranges of timesteps with their own activation scales; each is a compiled UNet of its own "
         "(K times the disk, memory and load time)",
     )
-    ptq.add_argument("--scan-inputs", type=_count, default=16, help="calibration inputs per block in the 'auto' scan")
+    ptq.add_argument("--scan-inputs", type=at_least(1), default=16, help="calibration inputs per block in the 'auto' scan")
     ptq.set_defaults(func=run)
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _count0(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def _prompts(args) -> list[str]:
