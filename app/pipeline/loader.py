@@ -43,6 +43,6 @@ def load_diffusers_pipeline(model: str):
         )
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if family == "sd" else {}
     cls = StableDiffusionPipeline if family == "sd" else StableDiffusionXLPipeline
-    pipe = cls.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32, **kwargs)
+    pipe = cls.from_pretrained(path, local_files_only=True, dtype=torch.float32, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe, family, path
