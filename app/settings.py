@@ -20,6 +20,20 @@ DEFAULT_MODEL = REPO_ROOT / "models" / "mixdiff-shapes"
 TINY_MODEL = "tiny-random"
 
 
+def model_folder(model: str) -> Path | None:
+    """The pipeline folder ``model`` names, or None for the tiny random pipeline: asked for
+    by name, or standing in for the embedded default model where a checkout lacks it.
+    Anything else without a ``model_index.json`` is refused with ``ValueError``."""
+    if model == TINY_MODEL:
+        return None
+    path = Path(model)
+    if (path / "model_index.json").is_file():
+        return path
+    if path == DEFAULT_MODEL:
+        return None
+    raise ValueError(f"{model!r} is not a diffusers pipeline folder (no model_index.json in it)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MIXDIFF_", extra="forbid")
 

@@ -11,9 +11,8 @@ import argparse
 import sys
 import types
 import typing
-from pathlib import Path
 
-from app.settings import DEFAULT_MODEL, TINY_MODEL, Settings
+from app.settings import Settings, model_folder
 
 
 def _flag_type(annotation) -> tuple[str, object]:
@@ -55,13 +54,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**{name: value for name, value in vars(args).items() if name in Settings.model_fields})
 
 
-def _check_model(model: str) -> None:
-    """Refuse a model that is neither a pipeline folder nor a known name before any worker starts."""
-    path = Path(model)
-    if model != TINY_MODEL and path != DEFAULT_MODEL and not (path / "model_index.json").is_file():
-        raise ValueError(f"--model {model!r} is not a diffusers pipeline folder (no model_index.json in it)")
-
-
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -72,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_from_args(args)
-        _check_model(settings.model)
+        model_folder(settings.model)  # a model that is no pipeline folder is refused before any worker starts
         app = create_app(settings)
     except (ValidationError, ValueError) as exc:
         print(f"mixdiff serve: {exc}", file=sys.stderr)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from app.pipeline.tiny import build_tiny_pipeline
-from app.settings import DEFAULT_MODEL, TINY_MODEL
+from app.settings import TINY_MODEL, model_folder
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +26,14 @@ def load_diffusers_pipeline(model: str):
     The embedded default model stands in for itself only when present; a checkout
     without it serves the tiny random pipeline and says so in the log and model info.
     """
-    if model == TINY_MODEL:
+    try:
+        path = model_folder(model)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if path is None:
+        if model != TINY_MODEL:
+            log.warning("embedded default model not found at %s: serving the tiny random-weight pipeline", model)
         return build_tiny_pipeline("sd"), "sd", None
-    path = Path(model)
-    if not (path / "model_index.json").is_file():
-        if path == DEFAULT_MODEL:
-            log.warning("embedded default model not found at %s: serving the tiny random-weight pipeline", path)
-            return build_tiny_pipeline("sd"), "sd", None
-        raise ModelLoadError(f"{model!r} is not a diffusers pipeline folder (no model_index.json in it)")
     class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
     family = _FAMILIES.get(class_name)
     if family is None:
