@@ -2,20 +2,19 @@
 
 The recipe, in order (every number is a flag; the defaults are the shipped model's):
 
-1. the VAE alone, to reconstruct data-set images (L1 + L2, a tiny KL term);
-2. its latent scaling factor, measured as 1 / std of the latents of held-out images;
-3. the latents of a fixed pool of data-set images, encoded once;
-4. the UNet and the text encoder together, on SD's epsilon-prediction denoising loss
-   (min-SNR weighted), a caption form drawn afresh for every sample and dropped for
-   10% of them so that classifier-free guidance works; EMA of both. Alongside, on a
-   second thread, the VAE decoder is fine-tuned on the frozen encoder's latents (the
-   latent space does not move, so the two stages are independent);
-5. the diffusers folder (safetensors) with the DDIM sampler over SD's noise schedule.
+1. ``vae``: the VAE alone, to reconstruct data-set images (L1 + L2, a tiny KL term); its
+   latent scaling factor, measured as 1 / std of the latents of held-out images; then its
+   decoder fine-tuned on the frozen encoder's posterior samples (the latent space does
+   not move), as SD's ft-MSE decoder was made;
+2. ``denoiser``: the latents of a fixed pool of data-set images, encoded once by that VAE;
+   the UNet and the text encoder together, on SD's epsilon-prediction denoising loss
+   (min-SNR weighted, with offset noise), a caption form drawn afresh for every sample
+   and dropped for 10% of them so that classifier-free guidance works; EMA of both;
+   then the diffusers folder (safetensors) with the DDIM sampler over SD's noise schedule.
 
-Training runs under bf16 autocast with fp32 master weights (AMX makes bf16 about 3x
-faster on Xeon CPUs), one torch thread per stage (on a shared machine a second
-OpenMP thread mostly waits at barriers); every random draw comes from the seeds below. The yardstick
-classifier has its own subcommand: ``python -m quantization.shapes.train yardstick``.
+``pipeline`` runs both. Training runs under bf16 autocast with fp32 master weights (AMX
+makes bf16 about 3x faster on Xeon CPUs); every random draw comes from the seeds below.
+The yardstick classifier has its own subcommand: ``python -m quantization.shapes.train yardstick``.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import copy
 import json
 import math
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -133,25 +131,6 @@ def finetune_decoder(vae, args, device, log) -> None:
     vae.eval()
 
 
-def decoder_command(args) -> int:
-    """Fine-tune the decoder of an exported VAE (the decoder stage on its own)."""
-    from diffusers import AutoencoderKL
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    vae = AutoencoderKL.from_pretrained(args.vae, local_files_only=True).to(device)
-    _math_attention(vae)
-    vae.requires_grad_(False)
-    vae.decoder.requires_grad_(True)
-    vae.post_quant_conv.requires_grad_(True)
-    start = time.time()
-    finetune_decoder(vae, args, device, _Log(args.log_every))
-    vae.cpu().save_pretrained(args.out, safe_serialization=True)
-    print(json.dumps({"decoder_seconds": round(time.time() - start, 1)}), flush=True)
-    return 0
-
-
 @torch.no_grad()
 def encode(vae, images: np.ndarray, device, batch: int = 256) -> torch.Tensor:
     """Latent means (unscaled) of ``images``."""
@@ -183,6 +162,14 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, scenes, args, device,
             token_cache.update(zip(missing, ids))
         return torch.stack([token_cache[c] for c in captions]).to(device)
 
+    def denoising_loss(zt, t, noise, ids, weight):
+        with _autocast(device):
+            hidden = text_encoder(ids)[0]
+            pred = unet(zt, t, encoder_hidden_states=hidden).sample
+        return (weight * F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+    if args.compile:
+        denoising_loss = torch.compile(denoising_loss)
     unet.train()
     text_encoder.train()
     for step in range(1, (args.stop_after or args.steps) + 1):
@@ -191,15 +178,18 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, scenes, args, device,
             "" if rng.random() < args.caption_dropout else dataset.caption(scenes[i], rng) for i in idx
         ]
         z0 = latents[torch.from_numpy(idx)].to(device)
-        noise = torch.randn(z0.shape, device=device)
+        # Offset noise: a per-sample, per-channel constant on top of the white noise. Without it the
+        # latent's mean leaks through SD's last timestep (sqrt(alpha_bar) is 0.07 there, the mean of
+        # 16x16 white noise has std 1/16), the model learns to read the background from it, and at
+        # sampling time it takes the background from the random start instead of from the prompt.
+        noise = torch.randn(z0.shape, device=device) + args.offset_noise * torch.randn(
+            (*z0.shape[:2], 1, 1), device=device
+        )
         t = torch.from_numpy(rng.integers(0, noise_scheduler.config.num_train_timesteps, size=args.batch)).to(device)
         zt = noise_scheduler.add_noise(z0, noise, t)
-        with _autocast(device):
-            hidden = text_encoder(tokens(captions))[0]
-            pred = unet(zt, t, encoder_hidden_states=hidden).sample
         snr = alphas[t] / (1 - alphas[t])
         weight = torch.clamp(snr, max=args.snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
-        loss = (weight * F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        loss = denoising_loss(zt, t, noise, tokens(captions), weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -239,54 +229,79 @@ def _reconstruction_psnr(vae, images: np.ndarray, device) -> float:
     return float(-10 * torch.log10(F.mse_loss(recon.clamp(-1, 1) / 2, x / 2)))
 
 
-def pipeline_command(args) -> int:
+def _start(args) -> tuple[torch.device, _Log, Path]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    log = _Log(args.log_every)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t0 = time.time()
+    return torch.device(args.device), _Log(args.log_every), work
 
-    # 1. the VAE
-    tok = architecture.tokenizer(work / "tokenizer")
+
+def _summary(path: Path, args, **values) -> None:
+    summary = {
+        "recipe": {k: v for k, v in vars(args).items() if k not in ("func", "out", "work", "device", "vae")},
+        "device": args.device,
+        **{k: round(v, 4) for k, v in values.items()},
+    }
+    path.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2), flush=True)
+
+
+def vae_command(args) -> int:
+    """Stage 1: the VAE, its scaling factor and its fine-tuned decoder, written to ``--vae``."""
+    device, log, work = _start(args)
+    t0 = time.time()
     vae = architecture.vae().to(device)
     _math_attention(vae)
     train_vae(vae, args, device, log)
     vae.requires_grad_(False)
-    timings["vae_seconds"] = time.time() - t0
+    vae_seconds = time.time() - t0
 
-    # 2. its scaling factor
     held_out = dataset.images(range(args.scale_images), SCALE_SEED)
     scaling_factor = float(1.0 / encode(vae, held_out, device).std())
     vae.register_to_config(scaling_factor=scaling_factor)
-    psnr = {"vae_psnr_db": _reconstruction_psnr(vae, held_out[:256], device)}
-    print(f"latent scaling factor {scaling_factor:.4f}; VAE reconstruction PSNR {psnr['vae_psnr_db']:.2f} dB")
+    psnr = _reconstruction_psnr(vae, held_out[:256], device)
+    print(f"latent scaling factor {scaling_factor:.4f}; VAE reconstruction PSNR {psnr:.2f} dB", flush=True)
 
-    # 3. the latent pool
     t1 = time.time()
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    finetune_decoder(vae, args, device, log)
+    vae.requires_grad_(False)
+    vae.cpu().save_pretrained(args.vae, safe_serialization=True)
+    _summary(
+        work / "vae-summary.json",
+        args,
+        scaling_factor=scaling_factor,
+        vae_psnr_db=psnr,
+        decoder_psnr_db=_reconstruction_psnr(vae, held_out[:256], torch.device("cpu")),
+        vae_seconds=vae_seconds,
+        decoder_seconds=time.time() - t1,
+    )
+    return 0
+
+
+def denoiser_command(args) -> int:
+    """Stage 2: the UNet and text encoder on the latents of the VAE in ``--vae``; the diffusers folder."""
+    from diffusers import AutoencoderKL
+
+    device, log, work = _start(args)
+    vae = AutoencoderKL.from_pretrained(args.vae, local_files_only=True).to(device).eval()
+    vae.requires_grad_(False)
+    _math_attention(vae)
+    tok = architecture.tokenizer(work / "tokenizer")
+
+    t0 = time.time()
     scenes = [dataset.scene(i, POOL_SEED) for i in range(args.pool)]
     latents = torch.cat(
         [
             encode(vae, np.stack([dataset.render(s) for s in scenes[i : i + 1024]]), device)
             for i in range(0, args.pool, 1024)
         ]
-    ).mul(scaling_factor).cpu()
-    timings["pool_seconds"] = time.time() - t1
+    ).mul(vae.config.scaling_factor).cpu()
+    pool_seconds = time.time() - t0
 
-    # 4. the denoiser, with the decoder's fine-tuning alongside on a second thread
-    t2 = time.time()
-    tuned = copy.deepcopy(vae)
-    tuned.decoder.requires_grad_(True)
-    tuned.post_quant_conv.requires_grad_(True)
-
-    def decoder_stage() -> None:
-        finetune_decoder(tuned, args, device, log)
-        timings["decoder_seconds"] = time.time() - t2
-
-    decoder_thread = threading.Thread(target=decoder_stage, name="decoder")
-    decoder_thread.start()
+    t1 = time.time()
     torch.manual_seed(args.seed)
     unet = architecture.unet().to(device)
     _math_attention(unet)
@@ -297,24 +312,15 @@ def pipeline_command(args) -> int:
                copy.deepcopy(ema_unet).cpu(), work / "tokenizer")
 
     ema_unet, ema_text = train_denoiser(unet, text_encoder, tok, latents, scenes, args, device, log, checkpoint)
-    timings["denoiser_seconds"] = time.time() - t2
-    decoder_thread.join()
-    timings["total_seconds"] = time.time() - t0
-    psnr["decoder_psnr_db"] = _reconstruction_psnr(tuned, held_out[:256], device)
-
-    # 5. the diffusers folder
-    out = Path(args.out)
-    export(out, tuned.cpu(), ema_text.cpu(), tok, ema_unet.cpu(), work / "tokenizer")
-    summary = {
-        "recipe": {k: v for k, v in vars(args).items() if k not in ("func", "out", "work", "device")},
-        "device": args.device,
-        "scaling_factor": scaling_factor,
-        **psnr,
-        **{k: round(v, 1) for k, v in timings.items()},
-    }
-    (work / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2), flush=True)
+    denoiser_seconds = time.time() - t1
+    export(Path(args.out), vae.cpu(), ema_text.cpu(), tok, ema_unet.cpu(), work / "tokenizer")
+    _summary(work / "denoiser-summary.json", args, pool_seconds=pool_seconds, denoiser_seconds=denoiser_seconds)
     return 0
+
+
+def pipeline_command(args) -> int:
+    """Both stages, one after the other."""
+    return vae_command(args) or denoiser_command(args)
 
 
 def yardstick_command(args) -> int:
@@ -333,50 +339,59 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quantization.shapes.train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
 
-    p = sub.add_parser("pipeline", help="train VAE, text encoder and UNet; write the diffusers folder")
-    p.add_argument("--out", default="models/mixdiff-shapes", help="diffusers folder to write")
-    p.add_argument("--work", default="runs/shapes", help="folder for the tokenizer draft and the summary")
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (on a shared machine, 1 avoids stalls at OpenMP barriers)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-steps", type=int, default=800)
-    p.add_argument("--vae-batch", type=int, default=32)
-    p.add_argument("--vae-lr", type=float, default=2e-3)
-    p.add_argument("--vae-kl", type=float, default=1e-4, help="weight of the KL term (per pixel value)")
-    p.add_argument("--decoder-steps", type=int, default=2000, help="decoder fine-tuning steps (frozen encoder)")
-    p.add_argument("--decoder-lr", type=float, default=1e-3)
-    p.add_argument("--scale-images", type=int, default=2048, help="held-out images that measure the scaling factor")
-    p.add_argument("--pool", type=int, default=40000, help="data-set images whose latents the denoiser trains on")
-    p.add_argument("--steps", type=int, default=3600, help="denoiser optimizer steps")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=8e-4)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument(
-        "--stop-after",
-        type=int,
-        default=None,
-        help="end after this many steps of the --steps schedule (its learning rate still decays over --steps)",
-    )
-    p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--snr-gamma", type=float, default=5.0)
-    p.add_argument("--caption-dropout", type=float, default=0.1)
-    p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--checkpoint-every", type=int, default=500, help="write the EMA pipeline to <work>/checkpoint")
-    p.set_defaults(func=pipeline_command)
+    def common(p, vae_help: str) -> None:
+        p.add_argument("--vae", default="runs/shapes/vae", help=vae_help)
+        p.add_argument("--work", default="runs/shapes", help="folder for the tokenizer draft, checkpoints, summaries")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--log-every", type=int, default=100)
 
-    d = sub.add_parser("decoder", help="fine-tune the decoder of an exported VAE on its frozen encoder")
-    d.add_argument("--vae", required=True, help="VAE folder to start from")
-    d.add_argument("--out", required=True, help="VAE folder to write")
-    d.add_argument("--device", default="cpu")
-    d.add_argument("--threads", type=int, default=1)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--vae-batch", type=int, default=32)
-    d.add_argument("--decoder-steps", type=int, default=1500)
-    d.add_argument("--decoder-lr", type=float, default=1e-3)
-    d.add_argument("--log-every", type=int, default=100)
-    d.set_defaults(func=decoder_command)
+    def vae_flags(p) -> None:
+        p.add_argument("--vae-steps", type=int, default=800)
+        p.add_argument("--vae-batch", type=int, default=32)
+        p.add_argument("--vae-lr", type=float, default=2e-3)
+        p.add_argument("--vae-kl", type=float, default=1e-4, help="weight of the KL term (per pixel value)")
+        p.add_argument("--decoder-steps", type=int, default=2000, help="decoder fine-tuning steps (frozen encoder)")
+        p.add_argument("--decoder-lr", type=float, default=1e-3)
+        p.add_argument("--scale-images", type=int, default=2048, help="held-out images that measure the scaling factor")
+
+    def denoiser_flags(p) -> None:
+        p.add_argument("--out", default="models/mixdiff-shapes", help="diffusers folder to write")
+        p.add_argument("--pool", type=int, default=40000, help="data-set images whose latents the denoiser trains on")
+        p.add_argument("--steps", type=int, default=4500, help="denoiser optimizer steps")
+        p.add_argument("--batch", type=int, default=32)
+        p.add_argument("--lr", type=float, default=8e-4)
+        p.add_argument("--warmup", type=int, default=200)
+        p.add_argument(
+            "--stop-after",
+            type=int,
+            default=None,
+            help="end after this many steps of the --steps schedule (its learning rate still decays over --steps)",
+        )
+        p.add_argument("--ema", type=float, default=0.999)
+        p.add_argument("--snr-gamma", type=float, default=5.0)
+        p.add_argument("--offset-noise", type=float, default=0.2, help="std of the per-channel constant added to the noise")
+        p.add_argument("--caption-dropout", type=float, default=0.1)
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                       help="torch.compile the loss (about 3 min once, then about 1.3x faster steps)")
+        p.add_argument("--checkpoint-every", type=int, default=500, help="write the EMA pipeline to <work>/checkpoint")
+
+    v = sub.add_parser("vae", help="stage 1: train the VAE and fine-tune its decoder")
+    common(v, "VAE folder to write")
+    vae_flags(v)
+    v.set_defaults(func=vae_command)
+
+    d = sub.add_parser("denoiser", help="stage 2: train UNet and text encoder on a VAE's latents; write the pipeline")
+    common(d, "VAE folder to encode with and to ship")
+    denoiser_flags(d)
+    d.set_defaults(func=denoiser_command)
+
+    p = sub.add_parser("pipeline", help="both stages: the whole diffusers folder from scratch")
+    common(p, "VAE folder written by stage 1")
+    vae_flags(p)
+    denoiser_flags(p)
+    p.set_defaults(func=pipeline_command)
 
     y = sub.add_parser("yardstick", help="train the classifier that reads generated images")
     y.add_argument("--out", default="models/shapes-yardstick")
