@@ -267,16 +267,18 @@ def vae_command(args) -> int:
     vae.decoder.requires_grad_(True)
     vae.post_quant_conv.requires_grad_(True)
     finetune_decoder(vae, args, device, log)
+    decoder_seconds = time.time() - t1
     vae.requires_grad_(False)
+    decoder_psnr = _reconstruction_psnr(vae, held_out[:256], device)
     vae.cpu().save_pretrained(args.vae, safe_serialization=True)
     _summary(
         work / "vae-summary.json",
         args,
         scaling_factor=scaling_factor,
         vae_psnr_db=psnr,
-        decoder_psnr_db=_reconstruction_psnr(vae, held_out[:256], torch.device("cpu")),
+        decoder_psnr_db=decoder_psnr,
         vae_seconds=vae_seconds,
-        decoder_seconds=time.time() - t1,
+        decoder_seconds=decoder_seconds,
     )
     return 0
 
@@ -302,7 +304,6 @@ def denoiser_command(args) -> int:
     pool_seconds = time.time() - t0
 
     t1 = time.time()
-    torch.manual_seed(args.seed)
     unet = architecture.unet().to(device)
     _math_attention(unet)
     text_encoder = architecture.text_encoder(tok).to(device)
