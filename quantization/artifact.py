@@ -1,9 +1,17 @@
 """Prequantized UNet artifacts: ``<model>/quantized/<name>/`` and how a server loads one.
 
-The folder holds one AOTInductor package per timestep group (``unet-g<k>.pt2``:
-the INT8/BF16 UNet compiled to a shared library with its weights, so loading is
-``dlopen`` plus reading the weights, not minutes of compilation) and a
-``manifest.json`` saying how it was made and what it needs. A compiled package is
+The folder holds, per timestep group, an AOTInductor package (``unet-g<k>.pt2``:
+the INT8/BF16 UNet compiled to a shared library, so loading is ``dlopen``, not
+minutes of compilation) and its weights (``unet-g<k>.safetensors``), and a
+``manifest.json`` saying how it was made and what it needs.
+
+The weights are the package's constants blob, moved out of it at build time
+(``split_weights``) and put back into a temporary package at load time: the
+blob is raw bytes, the INT8 conv/linear weights among them already in oneDNN's
+blocked layout (freezing prepacks them, and the shared library holds the
+descriptor of each), which no tensor format but a byte array can carry. Stored
+as safetensors they are plain data, not code or pickles, and the package is
+code only. A compiled package is
 only valid with the torch it was compiled by and on a CPU with the instructions it
 was compiled for, and only for the UNet it was quantized from; ``load_variant``
 checks all of that, and every file's sha256, before it loads anything, and refuses
@@ -15,16 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.export.pt2_archive._package import PT2ArchiveReader, PT2ArchiveWriter
 
 from quantization.calibration import UNetInputs
 from quantization.ptq import TimestepGroups, run_in_batches
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2
 _REQUIRED = ("runtime", "files", "timestep_groups", "model")
 #: gcc ``-m`` flags Inductor compiles CPU kernels with, and the /proc/cpuinfo flag each needs.
 _GCC_TO_CPUINFO = {
@@ -48,6 +60,52 @@ class ArtifactError(Exception):
 
 def package_name(group: int) -> str:
     return f"unet-g{group}.pt2"
+
+
+def weights_name(group: int) -> str:
+    return f"unet-g{group}.safetensors"
+
+
+#: How AOTInductor names the constants blob inside a package.
+_BLOB_SUFFIX = "_weights.blob"
+#: Records every PT2 archive writer adds by itself; copying them would duplicate them.
+_WRITER_RECORDS = ".data/"
+_BLOB_KEY = "constants"
+
+
+def _copy_records(reader: PT2ArchiveReader, writer: PT2ArchiveWriter, skip: str | None = None) -> None:
+    for name in reader.get_file_names():
+        if name != skip and not name.startswith(_WRITER_RECORDS):
+            writer.write_bytes(name, reader.read_bytes(name))
+
+
+def split_weights(package: Path, weights: Path) -> None:
+    """Move the constants blob of the AOTInductor ``package`` into the safetensors file
+    ``weights`` (one uint8 tensor; the record it came from in the metadata)."""
+    staged = package.with_name(package.name + ".tmp")
+    with PT2ArchiveReader(str(package)) as reader:
+        blobs = [name for name in reader.get_file_names() if name.endswith(_BLOB_SUFFIX)]
+        if len(blobs) != 1:
+            raise ValueError(f"{package} holds {len(blobs)} constants blobs, expected one")
+        with PT2ArchiveWriter(str(staged)) as writer:
+            _copy_records(reader, writer, skip=blobs[0])
+        blob = torch.frombuffer(bytearray(reader.read_bytes(blobs[0])), dtype=torch.uint8)
+    save_file({_BLOB_KEY: blob}, str(weights), metadata={"record": blobs[0], "package": package.name})
+    staged.replace(package)
+
+
+def load_package(package: Path, weights: Path):
+    """The runnable AOTInductor model of ``package`` with its ``weights`` put back."""
+    with safe_open(str(weights), "pt") as f:
+        record = f.metadata()["record"]
+        blob = f.get_tensor(_BLOB_KEY)
+    with tempfile.TemporaryDirectory(prefix="mixdiff-") as tmp:
+        joined = Path(tmp) / package.name
+        with PT2ArchiveReader(str(package)) as reader, PT2ArchiveWriter(str(joined)) as writer:
+            _copy_records(reader, writer)
+            writer.write_bytes(record, blob.numpy().tobytes())
+        del blob
+        return torch._inductor.aoti_load_package(str(joined))  # extracts it: the file may go
 
 
 def sha256(path: Path) -> str:
@@ -147,8 +205,9 @@ def verify(folder: Path, unet: torch.nn.Module | None = None) -> dict:
         if sha256(path) != expected:
             raise ArtifactError(f"file {name} does not match its sha256 in {MANIFEST}: damaged or changed")
     for group in manifest["timestep_groups"]:
-        if group["file"] not in manifest["files"]:
-            raise ArtifactError(f"package {group['file']} of a timestep group has no sha256 in {MANIFEST}")
+        for key in ("file", "weights"):
+            if group.get(key) not in manifest["files"]:
+                raise ArtifactError(f"{key} {group.get(key)} of a timestep group has no sha256 in {MANIFEST}")
     if unet is not None and manifest["model"]["unet_fingerprint"] != unet_fingerprint(unet):
         raise ArtifactError(
             "quantized from a different UNet than the loaded model's "
@@ -198,7 +257,7 @@ def load_variant(path: Path, pipe) -> Int8UNet:
     runners = []
     for group in manifest["timestep_groups"]:
         try:
-            runners.append(torch._inductor.aoti_load_package(str(path / group["file"])))
+            runners.append(load_package(path / group["file"], path / group["weights"]))
         except Exception as exc:  # a package the runtime cannot open: say which, keep the cause
-            raise ArtifactError(f"cannot load package {group['file']}: {exc}") from exc
+            raise ArtifactError(f"cannot load package {group['file']} with {group['weights']}: {exc}") from exc
     return Int8UNet(path.name, manifest, runners, pipe.vae_scale_factor)

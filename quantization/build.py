@@ -149,16 +149,19 @@ def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -
             converted = ptq.quantize_graph(graph, ptq.make_quantizer(fallback), items)
             quantize_s = time.perf_counter() - start
             start = time.perf_counter()
-            ptq.compile_package(converted, items[0], str(out / artifact.package_name(g)))
+            package, weights = out / artifact.package_name(g), out / artifact.weights_name(g)
+            ptq.compile_package(converted, items[0], str(package))
+            artifact.split_weights(package, weights)
             compile_s = time.perf_counter() - start
             log.info("group %d: quantized in %.0f s, compiled in %.0f s", g, quantize_s, compile_s)
             group_records.append(
                 {
                     "t_min": groups.bounds[g],
                     "t_max": groups.bounds[g + 1],
-                    "file": artifact.package_name(g),
+                    "file": package.name,
+                    "weights": weights.name,
                     "calibration_inputs": len(items),
-                    "bytes": (out / artifact.package_name(g)).stat().st_size,
+                    "bytes": package.stat().st_size + weights.stat().st_size,
                     "quantize_seconds": round(quantize_s, 2),
                     "compile_seconds": round(compile_s, 2),
                 }
@@ -208,7 +211,7 @@ def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -
         manifest["load_seconds"] = round(time.perf_counter() - start, 3)
         manifest["load_rss_bytes"] = psutil.Process().memory_info().rss - rss
         manifest["fidelity"] = fidelity(variant, unet, _strided(held_out, options.fidelity_inputs))
-        manifest["package_bytes"] = sum(g["bytes"] for g in group_records)
+        manifest["artifact_bytes"] = sum(g["bytes"] for g in group_records)
         log.info("fidelity on held-out inputs: %s", manifest["fidelity"])
         return artifact.write_manifest(out, manifest)
     except BaseException:

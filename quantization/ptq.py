@@ -32,7 +32,15 @@ BATCH = 2
 #: only the vector ISA's explicit ``-m`` flags, so the CPU features the manifest lists
 #: are all a package needs. ``cpp.dynamic_threads``: OpenMP loops take the thread count
 #: of the process that runs them, not of the machine that compiled them.
-AOTI_CONFIG = {"freezing": True, "cpp.march": "", "cpp.dynamic_threads": True}
+#: ``package_constants_*``: the weights go to one raw blob beside the shared library,
+#: not into it, so the artifact can keep them as safetensors (see ``artifact``).
+AOTI_CONFIG = {
+    "freezing": True,
+    "cpp.march": "",
+    "cpp.dynamic_threads": True,
+    "aot_inductor.package_constants_in_so": False,
+    "aot_inductor.package_constants_on_disk_format": "binary_blob",
+}
 #: How the quantized artifacts are made, recorded in every manifest.
 RECIPE = {
     "flow": "pt2e static (torch.export -> prepare_pt2e -> calibrate -> convert_pt2e)",
@@ -41,6 +49,7 @@ RECIPE = {
     "activations": "uint8 per-tensor affine, static (HistogramObserver)",
     "unquantized_ops": "bf16 (torch.autocast baked into the exported graph)",
     "compiler": "AOTInductor, freezing (oneDNN int8 conv/linear fusions), no -march=native, dynamic threads",
+    "stored_weights": "the package's constants blob (oneDNN-prepacked int8 weights, scales, bf16 leftovers) as safetensors",
 }
 
 

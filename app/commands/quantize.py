@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     except (ModelLoadError, ValueError, OSError) as exc:
         print(f"mixdiff quantize: {exc}", file=sys.stderr)
         return 2
-    summary = {k: manifest[k] for k in ("fidelity", "load_seconds", "package_bytes", "build_seconds")}
+    summary = {k: manifest[k] for k in ("fidelity", "load_seconds", "artifact_bytes", "build_seconds")}
     summary["fallback"] = manifest["fallback"]["layers"]
     print(json.dumps(summary, indent=2))
     print(f"wrote {out}")

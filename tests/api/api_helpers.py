@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import socket
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import pytest
 
 #: Seconds a worker may take to load the tiny pipeline on a busy CI machine.
@@ -19,3 +26,45 @@ def wait_until(predicate, within: float, what: str, every: float = 0.1):
             return value
         time.sleep(every)
     pytest.fail(f"{what} did not happen within {within} s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(base: str, path: str) -> httpx.Response | None:
+    try:
+        return httpx.get(base + path, timeout=10)
+    except httpx.TransportError:
+        return None
+
+
+def metric(base: str, line: str) -> float:
+    match = re.search(rf"^{re.escape(line)} (\S+)$", httpx.get(base + "/metrics").text, re.M)
+    return float(match[1]) if match else 0.0
+
+
+def ready_worker(base: str) -> dict | None:
+    r = get(base, "/health/ready")
+    return r.json()["workers"][0] if r is not None and r.status_code == 200 else None
+
+
+@contextmanager
+def running_server(log: Path, args: list[str]):
+    """``(process, base_url)`` of ``mixdiff serve`` with one worker and ``args``, once its
+    worker is ready; killed on exit if it still runs."""
+    port = free_port()
+    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "1", *args]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: process.poll() is not None or ready_worker(base), READY_WITHIN, "the server getting ready")
+        assert process.poll() is None, log.read_text()
+        yield process, base
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -6,64 +6,23 @@ from __future__ import annotations
 import base64
 import io
 import os
-import re
 import signal
-import socket
-import subprocess
-import sys
 
 import httpx
 import pytest
 from openai import OpenAI
 from PIL import Image
 
-from api_helpers import READY_WITHIN, wait_until
+from api_helpers import READY_WITHIN, get, metric, ready_worker, running_server, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(base: str, path: str) -> httpx.Response | None:
-    try:
-        return httpx.get(base + path, timeout=10)
-    except httpx.TransportError:
-        return None
-
-
-def metric(base: str, line: str) -> float:
-    match = re.search(rf"^{re.escape(line)} (\S+)$", httpx.get(base + "/metrics").text, re.M)
-    return float(match[1]) if match else 0.0
-
-
-def ready_worker(base: str) -> dict | None:
-    r = get(base, "/health/ready")
-    return r.json()["workers"][0] if r is not None and r.status_code == 200 else None
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    command = [
-        sys.executable, "-m", "app.cli", "serve", "--model", "tiny-random", "--port", str(port),
-        "--precisions", "fp32,bf16", "--workers", "1", "--cores-per-worker", "1", "--shutdown-grace", "5",
-    ]  # fmt: skip
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: process.poll() is not None or ready_worker(base), READY_WITHIN, "the server getting ready")
-        assert process.poll() is None, log.read_text()
+    args = ["--model", "tiny-random", "--precisions", "fp32,bf16", "--cores-per-worker", "1", "--shutdown-grace", "5"]
+    with running_server(tmp_path_factory.mktemp("server") / "server.log", args) as (process, base):
         yield process, base
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_openai_client_gets_a_64px_image(server):

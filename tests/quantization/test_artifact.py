@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 import torch
+from safetensors import safe_open
+from torch.export.pt2_archive._package import PT2ArchiveReader
 
 from app.pipeline.tiny import build_tiny_pipeline
 from quantization import artifact, ptq
@@ -69,7 +71,20 @@ def test_artifact_loads_in_fresh_process_and_matches_in_memory_model(
 
     assert manifest["fidelity"]["held_out_inputs"] == len(held_out)
     assert manifest["fidelity"]["rel_mse"] < 5e-2
-    assert set(manifest["files"]) == {"unet-g0.pt2"}
+    assert set(manifest["files"]) == {"unet-g0.pt2", "unet-g0.safetensors"}
+
+
+def test_package_is_code_and_the_weights_are_safetensors(tiny_artifact):
+    folder, manifest = tiny_artifact
+    with PT2ArchiveReader(str(folder / "unet-g0.pt2")) as reader:
+        records = reader.get_file_names()
+    assert any(name.endswith(".so") for name in records)
+    assert not any(name.endswith(".blob") for name in records)
+    with safe_open(str(folder / "unet-g0.safetensors"), "pt") as f:
+        assert f.metadata()["record"].endswith("_weights.blob")
+        constants = f.get_tensor("constants")
+    unet_bytes = sum(p.numel() for p in build_tiny_pipeline("sd", seed=0).unet.parameters())
+    assert constants.dtype == torch.uint8 and constants.numel() >= unet_bytes  # INT8 weights and more
 
 
 @pytest.fixture
@@ -96,6 +111,15 @@ def test_tampered_package_is_refused_naming_the_file(artifact_copy, tiny_pipe):
     data[len(data) // 2] ^= 0xFF
     package.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=r"unet-g0\.pt2 does not match its sha256"):
+        artifact.load_variant(artifact_copy, tiny_pipe)
+
+
+def test_tampered_weights_are_refused_naming_the_file(artifact_copy, tiny_pipe):
+    weights = artifact_copy / "unet-g0.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"unet-g0\.safetensors does not match its sha256"):
         artifact.load_variant(artifact_copy, tiny_pipe)
 
 

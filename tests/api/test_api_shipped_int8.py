@@ -1,0 +1,53 @@
+"""The embedded default model served with the INT8 artifact shipped beside it: the
+artifact verifies, ``int8`` is offered, and a BF16/INT8 mixed schedule runs with
+both precisions' steps in the metrics."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from api_helpers import metric, running_server
+from app.settings import DEFAULT_MODEL
+from quantization import artifact
+
+pytestmark = pytest.mark.slow
+
+SHIPPED = DEFAULT_MODEL / "quantized" / "int8"
+MIXED = {"high": "bf16", "low": "int8", "first": 2, "last": 2}
+
+
+def test_shipped_manifest_hashes_every_file():
+    manifest = json.loads((SHIPPED / artifact.MANIFEST).read_text())
+    files = {p.name for p in SHIPPED.iterdir()} - {artifact.MANIFEST}
+    assert set(manifest["files"]) == files == {"unet-g0.pt2", "unet-g0.safetensors"}
+    assert all(manifest["files"][name] == artifact.sha256(SHIPPED / name) for name in files)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    args = ["--model", str(DEFAULT_MODEL), "--precisions", "bf16,int8", "--cores-per-worker", "1"]
+    with running_server(tmp_path_factory.mktemp("shipped") / "server.log", args) as (_, base):
+        yield base
+
+
+def test_int8_is_offered(server):
+    (model,) = httpx.get(server + "/v1/models").json()["data"]
+    assert model["precisions"] == ["bf16", "int8"]
+
+
+def test_mixed_schedule_runs_both_precisions(server):
+    before = {p: metric(server, f'mixdiff_denoise_step_seconds_count{{precision="{p}"}}') for p in ("bf16", "int8")}
+    r = httpx.post(
+        server + "/generate",
+        json={"prompt": "a red circle on a white background", "steps": 10, "seed": 1, "precision": MIXED},
+        headers={"Accept": "application/json"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["schedule"] == ["bf16"] * 2 + ["int8"] * 6 + ["bf16"] * 2
+    after = {p: metric(server, f'mixdiff_denoise_step_seconds_count{{precision="{p}"}}') for p in ("bf16", "int8")}
+    assert after["bf16"] - before["bf16"] == 4
+    assert after["int8"] - before["int8"] == 6
