@@ -103,7 +103,8 @@ def load_package(package: Path, weights: Path):
         joined = Path(tmp) / package.name
         with PT2ArchiveReader(str(package)) as reader, PT2ArchiveWriter(str(joined)) as writer:
             _copy_records(reader, writer)
-            writer.write_bytes(record, blob.numpy().tobytes())
+            # straight from the (memory-mapped) tensor: no copy of what may be a GB
+            writer.archive_file.write_record(record, blob.data_ptr(), blob.numel())
         del blob
         return torch._inductor.aoti_load_package(str(joined))  # extracts it: the file may go
 

@@ -88,14 +88,11 @@ def _manual_fallback(unet: torch.nn.Module, fallback: str) -> list[str]:
 
 
 def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -> dict:
-    """Quantize ``pipe.unet`` into the artifact folder ``out`` (created; must not exist); its manifest."""
+    """Quantize ``pipe.unet`` into the artifact folder ``out`` (created; must not exist),
+    calibrated on the FP32 model's own denoising runs of ``prompts``; its manifest."""
     if out.exists():
         raise FileExistsError(f"{out} already exists; remove it or choose another --out name")
-    unet = pipe.unet.eval()
-    manual = _manual_fallback(unet, options.fallback)
-    seconds: dict[str, float] = {}
-
-    # 1. calibration inputs from the FP32 model's own denoising runs
+    _manual_fallback(pipe.unet, options.fallback)  # a typo fails now, not after calibration
     start = time.perf_counter()
     captured = calibration.capture(
         pipe,
@@ -106,9 +103,26 @@ def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -
         guidance_scale=options.guidance_scale,
         seed=options.seed,
     )
+    seconds = time.perf_counter() - start
+    log.info("captured %d UNet inputs in %.0f s", len(captured), seconds)
+    source = {"prompts": len(prompts), "prompt_examples": prompts[:3], "scheduler": type(pipe.scheduler).__name__}
+    return build_from_inputs(pipe, captured, out, options, source=source, calibration_seconds=seconds)
+
+
+def build_from_inputs(
+    pipe, captured: list[UNetInputs], out: Path, options: BuildOptions, *, source: dict, calibration_seconds: float = 0.0
+) -> dict:
+    """Quantize ``pipe.unet`` into ``out`` calibrated on ``captured`` UNet inputs (every
+    ``options.holdout_every``-th held out to measure fidelity); ``source`` says in the
+    manifest where the inputs came from. Its manifest."""
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; remove it or choose another --out name")
+    unet = pipe.unet.eval()
+    manual = _manual_fallback(unet, options.fallback)
+    seconds: dict[str, float] = {"calibration": calibration_seconds}
+
+    # 1. calibration inputs, and the held-out ones fidelity is measured on
     calib, held_out = split_holdout(captured, options.holdout_every)
-    seconds["calibration"] = time.perf_counter() - start
-    log.info("captured %d UNet inputs (%d held out) in %.0f s", len(captured), len(held_out), seconds["calibration"])
 
     # 2. the FP32 graph every quantization starts from
     start = time.perf_counter()
@@ -176,9 +190,7 @@ def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "calibration": {
                 **{k: v for k, v in asdict(options).items() if k not in ("fallback", "fallback_budget")},
-                "prompts": len(prompts),
-                "prompt_examples": prompts[:3],
-                "scheduler": type(pipe.scheduler).__name__,
+                **source,
                 "inputs": len(calib),
                 "held_out": len(held_out),
                 "timesteps": sorted({round(x.t, 2) for x in calib}),

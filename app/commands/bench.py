@@ -1,14 +1,23 @@
-"""``mixdiff bench``: one UNet step in FP32, BF16 (eager and compiled) and INT8, side by side.
+"""``mixdiff bench``: one UNet step in FP32, BF16 (eager and compiled) and INT8, side by side;
+with ``--service``, the server end to end.
 
 The UNet is SD 1.5's architecture with random weights on SD 1.5's shapes (CFG batch
-2, 64x64 latents); compiling takes minutes. Results go to PREFIX.md and PREFIX.json.
+2, 64x64 latents); compiling takes minutes. ``--service`` saves an SD 1.5-architecture
+pipeline with random weights and its INT8 artifact under ``--work`` (reused by later
+runs), starts ``mixdiff serve`` on it (BF16 eager, then BF16 compiled, each with the
+INT8 artifact) and records start-up, worker memory and 50-step 512x512 generations of
+BF16, the k=5 mixed schedule and INT8. Results go to PREFIX.md and PREFIX.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+from app.engine import malloc
 
 _VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "int8-compiled")  # quantization.bench.VARIANTS
 
@@ -27,7 +36,12 @@ def register(subparsers) -> None:
         default=",".join(_VARIANTS),
         help=f"comma-separated, from: {', '.join(_VARIANTS)}",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench/unet-step"), help="output prefix (.md and .json)")
+    parser.add_argument("--service", action="store_true", help="benchmark the server end to end instead of one step")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench"), help="--service: where the model folder is kept")
+    parser.add_argument("--steps", type=int, default=50, help="--service: denoising steps per generation")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output prefix (.md and .json); bench/unet-step or bench/service"
+    )
     parser.set_defaults(func=run)
 
 
@@ -41,6 +55,17 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         print(f"mixdiff bench: --rounds must be at least 1, got {args.rounds}", file=sys.stderr)
         return 2
+    environ = malloc.with_huge_pages(dict(os.environ))
+    if environ is not None:  # glibc reads it at start-up: measure the way the server's workers run
+        return subprocess.call([sys.executable, "-m", "app.cli", *args.argv], env=environ)
+    if args.service:
+        from app import bench_service
+
+        result = bench_service.run(args.work, unet=args.unet, rounds=args.rounds, steps=args.steps)
+        md, js = bench_service.write(result, args.out or Path("bench/service"))
+        print(bench_service.markdown(result))
+        print(f"wrote {md} and {js}")
+        return 0
     from quantization import bench
 
     if args.unet == "sd15":
@@ -50,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
         unet = build_tiny_pipeline("sd").unet
     result = bench.run(unet, variants=variants, rounds=args.rounds)
-    md, js = bench.write(result, args.out)
+    md, js = bench.write(result, args.out or Path("bench/unet-step"))
     print(bench.markdown(result))
     print(f"wrote {md} and {js}")
     return 0

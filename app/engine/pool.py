@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 
+from app.engine import malloc
 from app.engine import worker as worker_main
 from app.engine.cores import core_slices
 from app.engine.jobs import Job, JobStore
@@ -83,6 +84,7 @@ class WorkerPool:
         self._pending: deque[Job] = deque()
         self._job_seconds = 0.0  # moving average of job durations, for Retry-After
         self._ctx = multiprocessing.get_context("spawn")
+        malloc.for_children()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._watched: dict[object, WorkerHandle] = {}  # conn or sentinel -> handle (reader thread)

@@ -21,12 +21,18 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class EagerUNet:
-    """The diffusers UNet in one dtype, optionally ``torch.compile``d (frozen weights)."""
+    """The diffusers UNet in one dtype, optionally ``torch.compile``d (frozen weights).
 
-    def __init__(self, unet: torch.nn.Module, precision: str, *, compile: bool = False):
+    With ``in_place`` it converts ``unet`` itself rather than a copy of it.
+    """
+
+    def __init__(self, unet: torch.nn.Module, precision: str, *, compile: bool = False, in_place: bool = False):
         self.precision = precision
         self.dtype = _DTYPES[precision]
-        self.unet = unet if self.dtype == unet.dtype else copy.deepcopy(unet).to(self.dtype)
+        if self.dtype == unet.dtype:
+            self.unet = unet
+        else:
+            self.unet = unet.to(self.dtype) if in_place else copy.deepcopy(unet).to(self.dtype)
         self.unet.eval().requires_grad_(False)
         if compile:
             torch._inductor.config.freezing = True  # constant-fold and prepack weights for oneDNN
@@ -50,21 +56,28 @@ class EagerUNet:
 
 
 def build_variants(pipe, names: list[str], *, compile: bool = False, model_dir: Path | None = None):
-    """``(variants, unavailable)``: the variants built, and for each name that could
-    not be, the reason (a missing or refused artifact, an unknown name)."""
-    variants, unavailable = {}, {}
-    for name in names:
+    """``(variants, unavailable)``: the variants built, in the order of ``names``, and for
+    each name that could not be, the reason (a missing or refused artifact, an unknown name).
+
+    When ``fp32`` is not among ``names``, nothing needs the pipeline's FP32 UNet once the
+    int8 artifacts are checked against it: ``bf16`` then converts it in place instead of
+    keeping a copy beside it (3.4 GB less per worker on SD 1.5).
+    """
+    built, unavailable = {}, {}
+    int8_first = sorted(names, key=lambda name: not name.startswith("int8"))  # they check the FP32 weights
+    for name in int8_first:
         if name in _DTYPES:
-            variants[name] = EagerUNet(pipe.unet, name, compile=compile)
+            in_place = name != "fp32" and "fp32" not in names
+            built[name] = EagerUNet(pipe.unet, name, compile=compile, in_place=in_place)
         elif name.startswith("int8"):
-            reason = _int8(pipe, name, model_dir, variants)
+            reason = _int8(pipe, name, model_dir, built)
             if reason:
                 unavailable[name] = reason
         else:
             unavailable[name] = f"unknown precision {name!r}: fp32, bf16 or an int8 artifact name"
     for name, reason in unavailable.items():
         log.warning("precision %s unavailable: %s", name, reason)
-    return variants, unavailable
+    return {name: built[name] for name in names if name in built}, unavailable
 
 
 def _int8(pipe, name: str, model_dir: Path | None, variants: dict) -> str | None:

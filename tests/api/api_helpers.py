@@ -42,7 +42,7 @@ def get(base: str, path: str) -> httpx.Response | None:
 
 
 def metric(base: str, line: str) -> float:
-    match = re.search(rf"^{re.escape(line)} (\S+)$", httpx.get(base + "/metrics").text, re.M)
+    match = re.search(rf"^{re.escape(line)} (\S+)$", httpx.get(base + "/metrics").text, re.MULTILINE)
     return float(match[1]) if match else 0.0
 
 

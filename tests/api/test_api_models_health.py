@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+from pathlib import Path
 
 from PIL import Image
 
@@ -28,6 +29,9 @@ def test_health(client):
     assert ready["status"] == "ready"
     (worker,) = ready["workers"]
     assert os.sched_getaffinity(worker["pid"]) == set(worker["cores"])  # pinned to its slice
+    environ = Path(f"/proc/{worker['pid']}/environ").read_bytes().split(b"\0")
+    tunables = next(v for v in environ if v.startswith(b"GLIBC_TUNABLES="))
+    assert b"glibc.malloc.hugetlb=" in tunables  # set by the pool, or by whoever started it
 
 
 def test_openai_images_route(idle_worker):

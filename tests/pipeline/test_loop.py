@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from app.errors import InvalidRequest
@@ -11,6 +12,7 @@ from app.pipeline.loop import MixedPrecisionPipeline
 from app.pipeline.schedulers import SCHEDULERS
 from app.pipeline.tiny import build_tiny_pipeline
 from app.pipeline.types import GenerationParams
+from app.pipeline.variants import build_variants
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -129,3 +131,14 @@ def test_fixed_size_variants_refuse_other_sizes_before_running(tiny):
     assert fixed.calls == 0
     assert len(model.generate(GenerationParams(prompt="a cat", steps=2), ["fp32", "bf16"]).images) == 1
     assert fixed.calls == 1
+
+
+def test_bf16_without_fp32_converts_the_unet_instead_of_copying_it():
+    pipe = build_tiny_pipeline("sd")
+    variants, _ = build_variants(pipe, ["bf16", "fp32"])
+    assert list(variants) == ["bf16", "fp32"]  # the order asked for
+    assert pipe.unet.dtype == torch.float32 and variants["bf16"].unet is not pipe.unet
+
+    pipe = build_tiny_pipeline("sd")
+    variants, _ = build_variants(pipe, ["bf16"])
+    assert variants["bf16"].unet is pipe.unet and pipe.unet.dtype == torch.bfloat16

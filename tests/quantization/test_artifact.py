@@ -75,7 +75,7 @@ def test_artifact_loads_in_fresh_process_and_matches_in_memory_model(
 
 
 def test_package_is_code_and_the_weights_are_safetensors(tiny_artifact):
-    folder, manifest = tiny_artifact
+    folder, _ = tiny_artifact
     with PT2ArchiveReader(str(folder / "unet-g0.pt2")) as reader:
         records = reader.get_file_names()
     assert any(name.endswith(".so") for name in records)

@@ -1,0 +1,248 @@
+"""The service end to end on SD 1.5's architecture: what ``mixdiff bench --service`` runs.
+
+A Stable Diffusion 1.5 pipeline with random weights (its UNet and VAE, a CLIP-L-sized
+text encoder over a small vocabulary: the arithmetic of a step, a decode and a
+start-up are those of the real model) is saved as a model folder with an INT8
+artifact built the way ``mixdiff quantize ptq`` builds one (calibrated on random
+UNet inputs at spread timesteps: the weights are random, there is no trajectory
+worth following). Then ``mixdiff serve`` is started on it with one worker on all
+the cores, and the benchmark records how long the worker takes to get ready and
+how much memory it holds, and times 50-step 512x512 generations over HTTP, every
+schedule in each round, in turn. The folder is kept in ``work`` and reused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from app.pipeline.tiny import _WORDS, _scheduler, build_tiny_pipeline
+from app.pipeline.tokenizer import write_clip_tokenizer
+from quantization import bench
+from quantization.build import BuildOptions, build_from_inputs
+
+#: Schedules every round generates, by label.
+SCHEDULES = {
+    "bf16": "bf16",
+    "bf16/int8 k=5": {"high": "bf16", "low": "int8", "first": 5, "last": 5},
+    "int8": "int8",
+}
+#: The schedule the others are compared with.
+BASELINE = "bf16"
+_TIMESTEPS = (999, 900, 700, 500, 400, 300, 100, 1)  # calibration inputs; every 4th is held out
+_OPTIONS = BuildOptions(sampler="random", holdout_every=4, fidelity_inputs=2)
+
+
+def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's architecture with random weights, fp32."""
+    torch.manual_seed(seed)
+    tokenizer = write_clip_tokenizer(_WORDS, tempfile.mkdtemp(prefix="mixdiff-tokenizer-"))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            max_position_embeddings=77,
+        )
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=bench.sd15_unet(seed),
+        scheduler=_scheduler("epsilon"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return pipe
+
+
+def prepare(work: Path, unet: str = "sd15") -> Path:
+    """The model folder with its ``int8`` artifact under ``work``, built unless already there."""
+    folder = work / f"{unet}-random"
+    artifact = folder / "quantized" / "int8"
+    if (artifact / "manifest.json").is_file():
+        return folder
+    pipe = sd15_pipeline() if unet == "sd15" else build_tiny_pipeline("sd")
+    if not (folder / "model_index.json").is_file():
+        pipe.save_pretrained(folder)
+    inputs = [bench.random_inputs(pipe.unet, t, seed=i) for i, t in enumerate(_TIMESTEPS)]
+    build_from_inputs(pipe, inputs, artifact, _OPTIONS, source={"inputs": "random, at spread timesteps"})
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _memory(pid: int) -> dict:
+    """Resident and peak resident bytes of a process (Linux /proc)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024
+    return {"rss_bytes": fields["VmRSS"], "peak_rss_bytes": fields["VmHWM"]}
+
+
+def _ready_worker(client: httpx.Client) -> dict | None:
+    try:
+        r = client.get("/health/ready")
+    except httpx.TransportError:
+        return None
+    return r.json()["workers"][0] if r.status_code == 200 else None
+
+
+def measure(folder: Path, *, compile: bool, rounds: int, size: int, steps: int, log: Path) -> dict:
+    """Start ``mixdiff serve`` on ``folder``; its start-up, memory and generation times."""
+    port = _free_port()
+    cores = len(os.sched_getaffinity(0))
+    command = [
+        sys.executable, "-m", "app.cli", "serve", "--model", str(folder), "--port", str(port),
+        "--precisions", "bf16,int8", "--workers", "1", "--cores-per-worker", str(cores),
+        "--request-timeout", "3600", "--queue-size", "1", *(["--compile"] if compile else []),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    with open(log, "ab") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=3600) as client:
+            while (worker := _ready_worker(client)) is None:
+                if server.poll() is not None:
+                    raise RuntimeError(f"the server exited with code {server.returncode}; see {log}")
+                time.sleep(0.2)
+            ready_seconds = time.perf_counter() - start
+            at_ready = _memory(worker["pid"])
+            times: dict[str, list[dict]] = {label: [] for label in SCHEDULES}
+            for _ in range(rounds):
+                for label, precision in SCHEDULES.items():
+                    body = {"prompt": "a red circle", "steps": steps, "width": size, "height": size, "seed": 0,
+                            "precision": precision}  # fmt: skip
+                    r = client.post("/generate", json=body, headers={"Accept": "application/json"})
+                    r.raise_for_status()
+                    out = r.json()
+                    times[label].append({**out["timings"], "schedule": out["schedule"]})
+            memory = _memory(worker["pid"])
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return {
+        "compile": compile,
+        "ready_seconds": round(ready_seconds, 2),
+        "worker_rss_at_ready_bytes": at_ready["rss_bytes"],
+        "worker_rss_bytes": memory["rss_bytes"],
+        "worker_peak_rss_bytes": memory["peak_rss_bytes"],
+        "schedules": {label: _summary(runs) for label, runs in times.items()},
+    }
+
+
+def _summary(runs: list[dict]) -> dict:
+    runs_of = [(p, len(list(group))) for p, group in itertools.groupby(runs[0]["schedule"])]
+    median = {key: round(statistics.median(r[key] for r in runs), 3) for key in ("total", "steps", "vae_decode")}
+    return {"steps": " ".join(f"{p}×{n}" for p, n in runs_of), **{f"{k}_seconds": v for k, v in median.items()}}
+
+
+def run(work: Path, *, unet: str = "sd15", compile_modes=(False, True), rounds: int = 1, steps: int = 50) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    folder = prepare(work, unet)
+    prepare_seconds = time.perf_counter() - start
+    manifest = json.loads((folder / "quantized" / "int8" / "manifest.json").read_text())
+    size = 512 if unet == "sd15" else 64
+    runs = [
+        measure(folder, compile=c, rounds=rounds, size=size, steps=steps, log=work / "server.log")
+        for c in compile_modes
+    ]
+    for r in runs:
+        base = r["schedules"][BASELINE]["total_seconds"]
+        for s in r["schedules"].values():
+            s[f"vs_{BASELINE}"] = round(s["total_seconds"] / base, 3)
+    return {
+        "model": f"{unet} architecture, random weights",
+        "size": size,
+        "steps": steps,
+        "rounds": rounds,
+        "cores": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "cpu": bench._cpu_model(),
+        "prepare_seconds": round(prepare_seconds, 1),
+        "artifact": {k: manifest[k] for k in ("artifact_bytes", "load_seconds", "load_rss_bytes", "build_seconds")},
+        "runs": runs,
+    }
+
+
+def markdown(result: dict) -> str:
+    gb = 1 << 30
+    lines = [
+        (
+            f"{result['model']}, {result['size']}x{result['size']} px, {result['steps']} steps, CFG, one worker on "
+            f"{result['cores']} cores, torch {result['torch']}, {result['cpu']}, median of {result['rounds']} "
+            "round(s), schedules in turn within a round."
+        ),
+        "",
+        (
+            "| UNets | start-up to ready (s) | worker RSS at ready / peak (GB) | schedule | steps | total (s) "
+            f"| denoising (s) | VAE decode (s) | vs {BASELINE} |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        unets = "bf16 compiled, int8 artifact" if r["compile"] else "bf16 eager, int8 artifact"
+        memory = f"{r['worker_rss_at_ready_bytes'] / gb:.1f} / {r['worker_peak_rss_bytes'] / gb:.1f}"
+        for label, s in r["schedules"].items():
+            lines.append(
+                f"| {unets} | {r['ready_seconds']:.0f} | {memory} | {label} | {s['steps']} | {s['total_seconds']:.1f} "
+                f"| {s['steps_seconds']:.1f} | {s['vae_decode_seconds']:.1f} | {s[f'vs_{BASELINE}']:.2f}x |"
+            )
+    a = result["artifact"]
+    lines += [
+        "",
+        (
+            f"INT8 artifact: {a['artifact_bytes'] / gb:.2f} GB, loads in {a['load_seconds']:.1f} s "
+            f"({a['load_rss_bytes'] / gb:.2f} GB RSS) when built; build {json.dumps(a['build_seconds'])}."
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, prefix: Path) -> tuple[Path, Path]:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    md, js = prefix.with_suffix(".md"), prefix.with_suffix(".json")
+    md.write_text(markdown(result))
+    js.write_text(json.dumps(result, indent=2) + "\n")
+    return md, js
+

@@ -1,0 +1,56 @@
+"""oneDNN's time per primitive kind, implementation and data types, from the
+``ONEDNN_VERBOSE=1`` output of ``bench/profile_step.py`` after its ``MARK`` line:
+
+    python bench/onednn_summary.py verbose.log [--shapes]
+
+``--shapes`` lists the costliest matmul and convolution problems instead.
+(Verbose logging itself slows every call; read the times as shares, not as a step time.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+from pathlib import Path
+
+
+def executions(text: str):
+    """``(kind, implementation, memory descriptors, problem, milliseconds)`` of each execution after MARK."""
+    _, _, steady = text.partition("MARK\n")
+    for line in steady.splitlines():
+        fields = line.split(",")
+        if not line.startswith("onednn_verbose") or "exec" not in fields:
+            continue
+        try:
+            ms = float(fields[-1])
+        except ValueError:
+            continue
+        i = fields.index("exec")
+        yield fields[i + 2], fields[i + 3], fields[i + 5], fields[-2], ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("log", type=Path)
+    parser.add_argument("--shapes", action="store_true")
+    args = parser.parse_args()
+    totals: dict[tuple, list] = collections.defaultdict(lambda: [0, 0.0])
+    for kind, impl, memory, problem, ms in executions(args.log.read_text()):
+        if args.shapes:
+            if kind not in ("matmul", "convolution"):
+                continue
+            key = (kind, problem, re.findall(r"dst:(\w+)", memory)[0])
+        else:
+            src, wei = re.findall(r"src:(\w+)", memory), re.findall(r"wei:(\w+)", memory)
+            key = (kind, impl or "-", src[0] if src else "-", wei[0] if wei else "-")
+        totals[key][0] += 1
+        totals[key][1] += ms
+    grand = sum(ms for _, ms in totals.values())
+    for key, (calls, ms) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:20]:
+        print(f"{ms:9.1f} ms {100 * ms / grand:5.1f}% {calls:6d} calls  {' | '.join(key)}")
+    print(f"{grand:9.1f} ms in all")
+
+
+if __name__ == "__main__":
+    main()
