@@ -21,6 +21,10 @@ from quantization.calibration import UNetInputs
 
 log = logging.getLogger(__name__)
 
+#: Largest relative MSE between a compiled package and its eager reference that a build
+#: accepts. Rounding alone gives 1e-4..1e-3; the miscompilations seen gave 0.3..0.5.
+COMPILE_TOLERANCE = 2e-2
+
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -35,6 +39,7 @@ class BuildOptions:
     holdout_every: int = 8  # every n-th captured input is kept out of calibration, to measure fidelity
     fidelity_inputs: int = 32  # held-out inputs the fidelity is measured on, at most
     scan_inputs: int = 16  # calibration inputs per candidate in the sensitivity scan (it quantizes once per block)
+    compile_check_inputs: int = 4  # calibration inputs the compiled package is checked against its eager reference on
 
 
 def split_holdout(inputs: list[UNetInputs], every: int) -> tuple[list[UNetInputs], list[UNetInputs]]:
@@ -69,6 +74,33 @@ def fidelity(variant, unet: torch.nn.Module, inputs: list[UNetInputs]) -> dict:
         "cos_sim_mean": sum(cosines) / len(cosines),
         "cos_sim_min": min(cosines),
     }
+
+
+class MiscompiledError(ValueError):
+    """The compiled package computes something else than the quantized graph it was compiled from."""
+
+
+def check_compiled(converted: torch.fx.GraphModule, package: Path, weights: Path, inputs: list[UNetInputs]) -> float:
+    """Relative MSE of the compiled package against the converted graph run eagerly (BF16
+    for the rest, as the package runs it) on ``inputs``; ``MiscompiledError`` above
+    ``COMPILE_TOLERANCE``. Both use the same INT8 weights and scales, so they differ by
+    rounding only, unless Inductor's fusion passes got the graph wrong."""
+    runner = artifact.load_package(package, weights)
+    error = norm = 0.0
+    with torch.no_grad():
+        for item in inputs:
+            want = ptq.run_bf16(converted, item)
+            got = ptq.run_in_batches(runner, item.args())
+            error += float(((got - want) ** 2).sum())
+            norm += float((want**2).sum())
+    rel_mse = error / max(norm, 1e-30)
+    if not rel_mse <= COMPILE_TOLERANCE:
+        raise MiscompiledError(
+            f"the compiled UNet disagrees with the quantized graph it was compiled from (relative MSE "
+            f"{rel_mse:.2e} > {COMPILE_TOLERANCE:.0e}): Inductor fused it wrongly; some sets of fallback "
+            "layers cause this (docs/QUANTIZATION.md), so try other ones"
+        )
+    return rel_mse
 
 
 def _added(item: UNetInputs):
@@ -167,7 +199,11 @@ def build_from_inputs(
             ptq.compile_package(converted, items[0], str(package))
             artifact.split_weights(package, weights)
             compile_s = time.perf_counter() - start
-            log.info("group %d: quantized in %.0f s, compiled in %.0f s", g, quantize_s, compile_s)
+            agreement = check_compiled(converted, package, weights, _strided(items, options.compile_check_inputs))
+            log.info(
+                "group %d: quantized in %.0f s, compiled in %.0f s; compiled vs eager rel. MSE %.1e",
+                g, quantize_s, compile_s, agreement,
+            )  # fmt: skip
             group_records.append(
                 {
                     "t_min": groups.bounds[g],
@@ -178,6 +214,7 @@ def build_from_inputs(
                     "bytes": package.stat().st_size + weights.stat().st_size,
                     "quantize_seconds": round(quantize_s, 2),
                     "compile_seconds": round(compile_s, 2),
+                    "compiled_vs_eager_rel_mse": agreement,
                 }
             )
             del converted

@@ -18,6 +18,7 @@ from torch.export.pt2_archive._package import PT2ArchiveReader
 from app.pipeline.tiny import build_tiny_pipeline
 from quantization import artifact, ptq
 from quantization.artifact import ArtifactError
+from quantization.build import MiscompiledError, check_compiled
 
 pytestmark = pytest.mark.slow
 
@@ -154,3 +155,16 @@ def test_missing_or_broken_manifest_is_refused(artifact_copy, tiny_pipe):
     (artifact_copy / artifact.MANIFEST).unlink()
     with pytest.raises(ArtifactError, match="no manifest.json"):
         artifact.load_variant(artifact_copy, tiny_pipe)
+
+
+def test_a_package_that_computes_something_else_fails_the_compile_check(tiny_pipe, tiny_artifact, calibration_split):
+    folder, manifest = tiny_artifact
+    calib, _ = calibration_split
+    package, weights = folder / "unet-g0.pt2", folder / "unet-g0.safetensors"
+    own = ptq.quantize_graph(ptq.export_unet(tiny_pipe.unet, calib[0]), ptq.make_quantizer(), calib)
+    assert check_compiled(own, package, weights, calib[:2]) < 1e-2
+    assert manifest["timestep_groups"][0]["compiled_vs_eager_rel_mse"] < 1e-2
+    other_unet = build_tiny_pipeline("sd", seed=1).unet
+    other = ptq.quantize_graph(ptq.export_unet(other_unet, calib[0]), ptq.make_quantizer(), calib)
+    with pytest.raises(MiscompiledError, match="disagrees with the quantized graph"):
+        check_compiled(other, package, weights, calib[:2])
