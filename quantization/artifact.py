@@ -73,22 +73,24 @@ _WRITER_RECORDS = ".data/"
 _BLOB_KEY = "constants"
 
 
-def _copy_records(reader: PT2ArchiveReader, writer: PT2ArchiveWriter, skip: str | None = None) -> None:
+def _copy_records(reader: PT2ArchiveReader, writer: PT2ArchiveWriter, skip=lambda name: False) -> None:
     for name in reader.get_file_names():
-        if name != skip and not name.startswith(_WRITER_RECORDS):
+        if not skip(name) and not name.startswith(_WRITER_RECORDS):
             writer.write_bytes(name, reader.read_bytes(name))
 
 
 def split_weights(package: Path, weights: Path) -> None:
     """Move the constants blob of the AOTInductor ``package`` into the safetensors file
-    ``weights`` (one uint8 tensor; the record it came from in the metadata)."""
+    ``weights`` (one uint8 tensor; the record it came from in the metadata). The
+    generated C++ sources go too: the loader needs only the compiled library, and they
+    name the build machine's paths in their compile commands."""
     staged = package.with_name(package.name + ".tmp")
     with PT2ArchiveReader(str(package)) as reader:
         blobs = [name for name in reader.get_file_names() if name.endswith(_BLOB_SUFFIX)]
         if len(blobs) != 1:
             raise ValueError(f"{package} holds {len(blobs)} constants blobs, expected one")
         with PT2ArchiveWriter(str(staged)) as writer:
-            _copy_records(reader, writer, skip=blobs[0])
+            _copy_records(reader, writer, skip=lambda name: name == blobs[0] or name.endswith(".cpp"))
         blob = torch.frombuffer(bytearray(reader.read_bytes(blobs[0])), dtype=torch.uint8)
     save_file({_BLOB_KEY: blob}, str(weights), metadata={"record": blobs[0], "package": package.name})
     staged.replace(package)
@@ -104,7 +106,7 @@ def load_package(package: Path, weights: Path):
         with PT2ArchiveReader(str(package)) as reader, PT2ArchiveWriter(str(joined)) as writer:
             _copy_records(reader, writer)
             # straight from the (memory-mapped) tensor: no copy of what may be a GB
-            writer.archive_file.write_record(record, blob.data_ptr(), blob.numel())
+            writer.archive_file.write_record(record, blob.untyped_storage(), blob.numel())
         del blob
         return torch._inductor.aoti_load_package(str(joined))  # extracts it: the file may go
 

@@ -80,7 +80,7 @@ def test_package_is_code_and_the_weights_are_safetensors(tiny_artifact):
     with PT2ArchiveReader(str(folder / "unet-g0.pt2")) as reader:
         records = reader.get_file_names()
     assert any(name.endswith(".so") for name in records)
-    assert not any(name.endswith(".blob") for name in records)
+    assert not any(name.endswith((".blob", ".cpp")) for name in records)
     with safe_open(str(folder / "unet-g0.safetensors"), "pt") as f:
         assert f.metadata()["record"].endswith("_weights.blob")
         constants = f.get_tensor("constants")
