@@ -30,7 +30,12 @@ def register(subparsers) -> None:
         default="sd15",
         help="sd15: SD 1.5's UNet architecture (random weights); tiny: the tiny test UNet, a quick smoke run",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (the median is reported)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved timing rounds, the median is reported (default 5; with --service 1: a round is minutes)",
+    )
     parser.add_argument(
         "--variants",
         default=",".join(_VARIANTS),
@@ -52,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"mixdiff bench: unknown variant(s) {', '.join(unknown) or '(none given)'}; "
               f"known: {', '.join(_VARIANTS)}", file=sys.stderr)
         return 2
+    if args.rounds is None:
+        args.rounds = 1 if args.service else 5
     if args.rounds < 1:
         print(f"mixdiff bench: --rounds must be at least 1, got {args.rounds}", file=sys.stderr)
         return 2
