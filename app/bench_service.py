@@ -21,17 +21,20 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextModel
 
-from app.pipeline.tiny import _WORDS, _scheduler, build_tiny_pipeline
-from app.pipeline.tokenizer import write_clip_tokenizer
+from app.pipeline.tiny import (
+    build_tiny_pipeline,
+    clip_text_config,
+    clip_tokenizer,
+    sd_scheduler,
+)
 from quantization import bench
 from quantization.build import BuildOptions, build_from_inputs
 
@@ -50,20 +53,9 @@ _OPTIONS = BuildOptions(sampler="random", holdout_every=4, fidelity_inputs=2)
 def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """Stable Diffusion 1.5's architecture with random weights, fp32."""
     torch.manual_seed(seed)
-    tokenizer = write_clip_tokenizer(_WORDS, tempfile.mkdtemp(prefix="mixdiff-tokenizer-"))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=12,
-            max_position_embeddings=77,
-        )
-    )
+    tokenizer = clip_tokenizer()
+    text_config = clip_text_config(tokenizer, hidden_size=768, intermediate_size=3072, heads=12, layers=12)
+    text_encoder = CLIPTextModel(text_config)
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -78,7 +70,7 @@ def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=bench.sd15_unet(seed),
-        scheduler=_scheduler("epsilon"),
+        scheduler=sd_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -198,7 +190,7 @@ def run(work: Path, *, unet: str = "sd15", compile_modes=(False, True), rounds: 
         "rounds": rounds,
         "cores": len(os.sched_getaffinity(0)),
         "torch": torch.__version__,
-        "cpu": bench._cpu_model(),
+        "cpu": bench.cpu_model(),
         "prepare_seconds": round(prepare_seconds, 1),
         "artifact": {k: manifest[k] for k in ("artifact_bytes", "load_seconds", "load_rss_bytes", "build_seconds")},
         "runs": runs,
@@ -237,12 +229,3 @@ def markdown(result: dict) -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
-
-
-def write(result: dict, prefix: Path) -> tuple[Path, Path]:
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    md, js = prefix.with_suffix(".md"), prefix.with_suffix(".json")
-    md.write_text(markdown(result))
-    js.write_text(json.dumps(result, indent=2) + "\n")
-    return md, js
-

@@ -130,7 +130,7 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
         "batch": inputs.sample.shape[0],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_features": required_cpu_features(),
         "rounds": rounds,
         "variants": {
@@ -146,7 +146,7 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -174,9 +174,10 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(result: dict, prefix: Path) -> tuple[Path, Path]:
+def write(result: dict, prefix: Path, render=markdown) -> tuple[Path, Path]:
+    """``result`` as PREFIX.json and, rendered by ``render``, as PREFIX.md."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
     md, js = prefix.with_suffix(".md"), prefix.with_suffix(".json")
-    md.write_text(markdown(result))
+    md.write_text(render(result))
     js.write_text(json.dumps(result, indent=2) + "\n")
     return md, js

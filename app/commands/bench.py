@@ -65,24 +65,24 @@ def run(args: argparse.Namespace) -> int:
     environ = malloc.with_huge_pages(dict(os.environ))
     if environ is not None:  # glibc reads it at start-up: measure the way the server's workers run
         return subprocess.call([sys.executable, "-m", "app.cli", *args.argv], env=environ)
-    if args.service:
-        from app import bench_service
-
-        result = bench_service.run(args.work, unet=args.unet, rounds=args.rounds, steps=args.steps)
-        md, js = bench_service.write(result, args.out or Path("bench/service"))
-        print(bench_service.markdown(result))
-        print(f"wrote {md} and {js}")
-        return 0
     from quantization import bench
 
-    if args.unet == "sd15":
-        unet = bench.sd15_unet()
-    else:
-        from app.pipeline.tiny import build_tiny_pipeline
+    if args.service:
+        from app import bench_service as report
 
-        unet = build_tiny_pipeline("sd").unet
-    result = bench.run(unet, variants=variants, rounds=args.rounds)
-    md, js = bench.write(result, args.out or Path("bench/unet-step"))
-    print(bench.markdown(result))
+        result = report.run(args.work, unet=args.unet, rounds=args.rounds, steps=args.steps)
+        default_out = Path("bench/service")
+    else:
+        report = bench
+        if args.unet == "sd15":
+            unet = bench.sd15_unet()
+        else:
+            from app.pipeline.tiny import build_tiny_pipeline
+
+            unet = build_tiny_pipeline("sd").unet
+        result = bench.run(unet, variants=variants, rounds=args.rounds)
+        default_out = Path("bench/unet-step")
+    md, js = bench.write(result, args.out or default_out, report.markdown)
+    print(report.markdown(result))
     print(f"wrote {md} and {js}")
     return 0

@@ -28,20 +28,24 @@ _WORDS = "a an the of on in with and photo painting small large red green blue y
     "triangle star cat dog house tree sky background top bottom left right center".split()
 
 
-def _tokenizer():
+def clip_tokenizer():
+    """A CLIP tokenizer over a few dozen common caption words, written to a temporary folder."""
     return write_clip_tokenizer(_WORDS, tempfile.mkdtemp(prefix="mixdiff-tokenizer-"))
 
 
-def _text_config(tokenizer, **extra) -> CLIPTextConfig:
+def clip_text_config(
+    tokenizer, *, hidden_size: int = 32, intermediate_size: int = 64, heads: int = 4, layers: int = 2, **extra
+) -> CLIPTextConfig:
+    """A CLIP text encoder's config for ``tokenizer``: tiny by default; pass CLIP-L's sizes for SD 1.5's."""
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_attention_heads=heads,
+        num_hidden_layers=layers,
         max_position_embeddings=tokenizer.model_max_length,
         **extra,
     )
@@ -60,7 +64,8 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def _scheduler(prediction_type: str) -> DDIMScheduler:
+def sd_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+    """DDIM over SD 1.x's scaled-linear noise schedule."""
     return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -89,23 +94,23 @@ def build_tiny_pipeline(family: str = "sd", *, seed: int = 0, prediction_type: s
         attention_head_dim=8,
     )
     if family == "sd":
-        tokenizer = _tokenizer()
-        text_encoder = CLIPTextModel(_text_config(tokenizer))
+        tokenizer = clip_tokenizer()
+        text_encoder = CLIPTextModel(clip_text_config(tokenizer))
         unet = UNet2DConditionModel(cross_attention_dim=32, **unet_common)
         pipe = StableDiffusionPipeline(
             vae=_vae(),
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             unet=unet,
-            scheduler=_scheduler(prediction_type),
+            scheduler=sd_scheduler(prediction_type),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
         )
     else:
-        tokenizer, tokenizer_2 = _tokenizer(), _tokenizer()
-        text_encoder = CLIPTextModel(_text_config(tokenizer))
-        text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=32))
+        tokenizer, tokenizer_2 = clip_tokenizer(), clip_tokenizer()
+        text_encoder = CLIPTextModel(clip_text_config(tokenizer))
+        text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(tokenizer_2, projection_dim=32))
         time_embed_dim = 8
         unet = UNet2DConditionModel(
             cross_attention_dim=64,  # both encoders' hidden states, concatenated
@@ -122,7 +127,7 @@ def build_tiny_pipeline(family: str = "sd", *, seed: int = 0, prediction_type: s
             tokenizer=tokenizer,
             tokenizer_2=tokenizer_2,
             unet=unet,
-            scheduler=_scheduler(prediction_type),
+            scheduler=sd_scheduler(prediction_type),
         )
     pipe.set_progress_bar_config(disable=True)
     for component in pipe.components.values():

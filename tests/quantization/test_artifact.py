@@ -75,7 +75,7 @@ def test_artifact_loads_in_fresh_process_and_matches_in_memory_model(
     assert set(manifest["files"]) == {"unet-g0.pt2", "unet-g0.safetensors"}
 
 
-def test_package_is_code_and_the_weights_are_safetensors(tiny_artifact):
+def test_package_is_code_and_the_weights_are_safetensors(tiny_pipe, tiny_artifact):
     folder, _ = tiny_artifact
     with PT2ArchiveReader(str(folder / "unet-g0.pt2")) as reader:
         records = reader.get_file_names()
@@ -84,7 +84,7 @@ def test_package_is_code_and_the_weights_are_safetensors(tiny_artifact):
     with safe_open(str(folder / "unet-g0.safetensors"), "pt") as f:
         assert f.metadata()["record"].endswith("_weights.blob")
         constants = f.get_tensor("constants")
-    unet_bytes = sum(p.numel() for p in build_tiny_pipeline("sd", seed=0).unet.parameters())
+    unet_bytes = sum(p.numel() for p in tiny_pipe.unet.parameters())
     assert constants.dtype == torch.uint8 and constants.numel() >= unet_bytes  # INT8 weights and more
 
 
