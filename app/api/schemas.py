@@ -25,7 +25,9 @@ class GenerationFields(BaseModel):
         None, ge=0, le=MAX_SEED, description="random seed; the same seed gives the same image. Random when absent"
     )
     scheduler: str | None = Field(
-        None, description="ddim, pndm, euler, euler_a, dpmpp or lms; default: the server's default_scheduler"
+        None,
+        description="ddim, pndm, euler, euler_a, dpmpp or lms, as GET /v1/models lists them for the model; "
+        "default: the server's default_scheduler",
     )
     precision: PrecisionSpec | None = None
 

@@ -42,12 +42,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from app.errors import MixdiffError
     from app.evaluate import REFERENCE, evaluate, parse_schedules, precisions_of, sample_grid
-    from app.pipeline.schedulers import SCHEDULERS
 
-    if args.scheduler not in SCHEDULERS:
-        print(f"mixdiff eval: unknown scheduler {args.scheduler!r}; available: {', '.join(SCHEDULERS)}",
-              file=sys.stderr)
-        return 2
     try:
         specs = parse_schedules(args.schedules)
     except MixdiffError as exc:
@@ -65,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         pipeline = MixedPrecisionPipeline.load(args.model, precisions_of(specs))
     except RuntimeError as exc:
         print(f"mixdiff eval: {exc}", file=sys.stderr)
+        return 2
+    if args.scheduler not in pipeline.schedulers:
+        print(f"mixdiff eval: unknown scheduler {args.scheduler!r}; available: {', '.join(pipeline.schedulers)}",
+              file=sys.stderr)
         return 2
 
     def progress(label: str, i: int) -> None:

@@ -48,17 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from app.engine.schedule import describe, resolve
     from app.errors import MixdiffError
     from app.pipeline.loop import MixedPrecisionPipeline
-    from app.pipeline.schedulers import SCHEDULERS
     from app.pipeline.types import GenerationParams
 
     try:
         spec = _spec(args.precision)
     except ValueError as exc:
         print(f"mixdiff generate: --precision: {exc}", file=sys.stderr)
-        return 2
-    if args.scheduler not in SCHEDULERS:
-        available = ", ".join(SCHEDULERS)
-        print(f"mixdiff generate: unknown scheduler {args.scheduler!r}; available: {available}", file=sys.stderr)
         return 2
     for name in ("width", "height"):
         if getattr(args, name) is not None and getattr(args, name) % 8:
@@ -69,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         pipeline = MixedPrecisionPipeline.load(args.model, sorted(set(wanted)), compile=args.compile)
     except RuntimeError as exc:  # a missing or unsupported model folder
         print(f"mixdiff generate: {exc}", file=sys.stderr)
+        return 2
+    if args.scheduler not in pipeline.schedulers:
+        available = ", ".join(pipeline.schedulers)
+        print(f"mixdiff generate: unknown scheduler {args.scheduler!r}; available: {available}", file=sys.stderr)
         return 2
     try:
         schedule = resolve(spec, args.steps, pipeline.precisions)

@@ -53,7 +53,6 @@ def main(index: int, cores: list[int], settings: Settings, conn: Connection, can
         from dataclasses import asdict
 
         from app.pipeline.loop import MixedPrecisionPipeline
-        from app.pipeline.schedulers import SCHEDULERS
 
         pipeline = MixedPrecisionPipeline.load(settings.model, settings.precisions, compile=settings.compile)
         pipeline.warmup(settings.warmup_steps)
@@ -62,7 +61,7 @@ def main(index: int, cores: list[int], settings: Settings, conn: Connection, can
         conn.send(StartFailed(f"worker {index} could not load model {settings.model!r}: {type(exc).__name__}: {exc}"))
         return
     log.info("ready on cores %s with precisions %s", cores, pipeline.precisions)
-    conn.send(Ready(os.getpid(), asdict(pipeline.info), pipeline.precisions, sorted(SCHEDULERS), _rss_bytes()))
+    conn.send(Ready(os.getpid(), asdict(pipeline.info), pipeline.precisions, pipeline.schedulers, _rss_bytes()))
 
     try:
         while (job := conn.recv()) is not STOP:

@@ -17,7 +17,7 @@ import torch
 
 from app.errors import InvalidRequest
 from app.pipeline.loader import load_diffusers_pipeline
-from app.pipeline.schedulers import make_scheduler
+from app.pipeline.schedulers import available, make_scheduler
 from app.pipeline.types import GenerationParams, GenerationResult, StepCallback, StepRecord, UNetVariant
 from app.pipeline.variants import build_variants
 
@@ -73,6 +73,11 @@ class MixedPrecisionPipeline:
     @property
     def precisions(self) -> list[str]:
         return list(self.variants)
+
+    @property
+    def schedulers(self) -> list[str]:
+        """The schedulers that can sample this model."""
+        return available(self.pipe.scheduler.config)
 
     def warmup(self, steps: int) -> None:
         """Run every variant ``steps`` times at the default size (compiles, if compiled)."""

@@ -4,12 +4,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler
 from PIL import Image
 
 from app.errors import InvalidRequest
 from app.pipeline.loader import ModelLoadError
 from app.pipeline.loop import MixedPrecisionPipeline
-from app.pipeline.schedulers import SCHEDULERS
+from app.pipeline.schedulers import SCHEDULERS, make_scheduler
 from app.pipeline.tiny import build_tiny_pipeline
 from app.pipeline.types import GenerationParams
 from app.pipeline.variants import build_variants
@@ -82,6 +83,21 @@ def test_sdxl_and_v_prediction_models_generate(family, prediction_type):
     assert [r.precision for r in result.steps] == ["bf16", "fp32"]
 
 
+def test_zero_terminal_snr_models_offer_only_schedulers_that_rescale_their_betas():
+    pipe = build_tiny_pipeline("sd", prediction_type="v_prediction")
+    pipe.scheduler = DDIMScheduler.from_config(
+        pipe.scheduler.config, rescale_betas_zero_snr=True, timestep_spacing="trailing"
+    )
+    model = MixedPrecisionPipeline.from_pipe(pipe, "sd", ["fp32"])
+    assert model.schedulers == ["ddim", "euler", "euler_a", "dpmpp"]
+    for scheduler in model.schedulers:
+        assert make_scheduler(scheduler, pipe.scheduler.config).alphas_cumprod[-1] <= 2**-24  # the model's schedule
+        result = model.generate(GenerationParams(prompt="a cat", steps=2, scheduler=scheduler), ["fp32"] * 2)
+        assert len(result.images) == 1
+    with pytest.raises(InvalidRequest, match="unknown scheduler 'pndm'; available: ddim, euler, euler_a, dpmpp"):
+        model.generate(GenerationParams(prompt="a cat", steps=2, scheduler="pndm"), ["fp32"] * 2)
+
+
 def test_overlong_prompt_is_truncated_with_a_warning(tiny):
     result = tiny.generate(GenerationParams(prompt="red " * 100, steps=1), ["bf16"])
     assert result.warnings == ["prompt is 102 tokens; the text encoder reads 77, the rest was dropped"]
@@ -91,6 +107,7 @@ def test_pipeline_folder_loads_offline_and_int8_without_artifact_says_why(tmp_pa
     build_tiny_pipeline("sd").save_pretrained(tmp_path / "model")
     model = MixedPrecisionPipeline.load(str(tmp_path / "model"), ["bf16", "int8", "fp16"])
     assert model.precisions == ["bf16"]
+    assert model.schedulers == list(SCHEDULERS)
     assert model.info.path == str(tmp_path / "model") and model.info.default_size == 64
     assert "mixdiff quantize ptq" in model.info.unavailable["int8"]
     assert "unknown precision 'fp16'" in model.info.unavailable["fp16"]
