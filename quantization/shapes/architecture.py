@@ -3,7 +3,7 @@
 The VAE downsamples x4 (64x64 px -> 16x16x4 latents), the text encoder is a CLIP text
 transformer over the shapes vocabulary, the UNet has SD 1.x's block structure
 (cross-attention down/up blocks around a plain lowest level, GroupNorm, a
-cross-attention mid block) and the scheduler is SD's scaled-linear DDPM schedule, so
+cross-attention mid block) and the scheduler is SD's scaled-linear schedule (rescaled to zero terminal SNR), so
 everything done to this model (schedulers, precisions, quantization) is done to the
 same kinds of layers as in SD 1.5.
 """
@@ -22,8 +22,19 @@ from quantization.shapes.dataset import SIZE, VOCABULARY
 MAX_TOKENS = 32
 LATENT_CHANNELS = 4
 TEXT_WIDTH = 128
-#: SD's noise schedule; the sampler of the saved pipeline is DDIM over it.
-SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+#: SD's scaled-linear betas, rescaled to zero terminal SNR (Lin et al., "Common Diffusion Noise Schedules
+#: and Sample Steps are Flawed"): at SD's own last timestep sqrt(alpha_bar) is 0.068, and at 16x16 latents
+#: that much of the image shows through the noise, so a model learns to take the layout from the random
+#: start instead of from the prompt. Zero terminal SNR needs v-prediction (SD 2.x's), and sampling that
+#: starts at the last timestep ("trailing" spacing).
+SCHEDULE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    rescale_betas_zero_snr=True,
+    prediction_type="v_prediction",
+)
 
 
 def tokenizer(directory: str | Path) -> CLIPTokenizer:
@@ -76,10 +87,10 @@ def unet() -> UNet2DConditionModel:
 
 
 def training_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(**SCHEDULE, prediction_type="epsilon", clip_sample=False)
+    return DDPMScheduler(**SCHEDULE, clip_sample=False)
 
 
 def sampling_scheduler() -> DDIMScheduler:
     return DDIMScheduler(
-        **SCHEDULE, prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        **SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing"
     )

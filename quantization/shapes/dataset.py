@@ -207,6 +207,29 @@ def _caption(s: Scene, rng: np.random.Generator | None) -> tuple[str, dict[str, 
     return text, attributes
 
 
+def parse(text: str) -> tuple[list[dict[str, str]], str | None]:
+    """What a caption names: one dict per object (shape and color, size and position when
+    named) and the background color, or ``None`` where it names none. ``""`` names nothing."""
+    background = None
+    if text.endswith(" background"):
+        text, _, named_background = text.rpartition(" on a ")
+        background = named_background.removesuffix(" background")
+    objects = []
+    for part in text.split(" and ") if text else []:
+        obj = {}
+        for position, phrase in _PHRASE.items():
+            if part.endswith(" " + phrase):
+                obj["position"] = position
+                part = part[: -len(phrase) - 1]
+                break
+        words = part.split()[1:]  # after "a"
+        if words[0] in SIZES:
+            obj["size"] = words.pop(0)
+        obj["color"], obj["shape"] = words
+        objects.append(obj)
+    return objects, background
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A one-object prompt and the attributes it names (what the yardstick checks)."""

@@ -36,6 +36,14 @@ def server(tmp_path_factory):
 def test_int8_is_offered(server):
     (model,) = httpx.get(server + "/v1/models").json()["data"]
     assert model["precisions"] == ["bf16", "int8"]
+    # trained with zero terminal SNR: only schedulers that rescale their betas can sample it
+    assert (model["prediction_type"], model["schedulers"]) == ("v_prediction", ["ddim", "euler", "euler_a", "dpmpp"])
+
+
+def test_a_scheduler_that_cannot_sample_the_model_is_refused(server):
+    r = httpx.post(server + "/generate", json={"prompt": "a red circle", "steps": 2, "scheduler": "pndm"})
+    assert r.status_code == 422
+    assert r.json()["error"]["param"] == "scheduler"
 
 
 def test_mixed_schedule_runs_both_precisions(server):

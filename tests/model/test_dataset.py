@@ -58,3 +58,20 @@ def test_the_vocabulary_tokenizer_reads_every_caption_back(tmp_path):
         assert tokenizer.decode(ids, skip_special_tokens=True) == text
         longest = max(longest, len(ids))
     assert longest <= architecture.MAX_TOKENS  # these captions reach the text encoder whole
+
+
+def test_parse_reads_back_what_each_caption_names():
+    for i in range(500):
+        s = dataset.scene(i, 9)
+        objects, background = dataset.parse(dataset.caption(s, np.random.default_rng(i)))
+        assert len(objects) == len(s.objects)
+        for named, obj in zip(objects, s.objects):
+            assert {"shape", "color"} <= named.keys()
+            assert all(getattr(obj, attribute) == value for attribute, value in named.items())
+        assert background in (None, s.background)
+    assert dataset.parse("a small red circle in the top left on a blue background") == (
+        [{"position": "top left", "size": "small", "color": "red", "shape": "circle"}],
+        "blue",
+    )
+    assert dataset.parse("a cyan star on the left") == ([{"position": "left", "color": "cyan", "shape": "star"}], None)
+    assert dataset.parse("") == ([], None)
