@@ -119,6 +119,49 @@ def _manual_fallback(unet: torch.nn.Module, fallback: str) -> list[str]:
     return names
 
 
+def fallback_attempts(fallback: list[str], *, auto: bool) -> list[list[str]]:
+    """The sets of BF16 blocks to build with, in turn, while the compile check refuses them: the
+    chosen set; for a scan's choice (``auto``) then each set with one block fewer, the least
+    sensitive left out first (the scan lists them most sensitive first). A manual list is kept."""
+    if not auto:
+        return [fallback]
+    return [fallback] + [fallback[:i] + fallback[i + 1 :] for i in reversed(range(len(fallback)))]
+
+
+def _compile_groups(graph, fallback: list[str], per_group, groups, out: Path, options: BuildOptions) -> list[dict]:
+    """Quantize, compile and check one package per timestep group into ``out``; their manifest records."""
+    group_records = []
+    for g, items in enumerate(per_group):
+        start = time.perf_counter()
+        converted = ptq.quantize_graph(graph, ptq.make_quantizer(fallback), items)
+        quantize_s = time.perf_counter() - start
+        start = time.perf_counter()
+        package, weights = out / artifact.package_name(g), out / artifact.weights_name(g)
+        ptq.compile_package(converted, items[0], str(package))
+        artifact.split_weights(package, weights)
+        compile_s = time.perf_counter() - start
+        agreement = check_compiled(converted, package, weights, _strided(items, options.compile_check_inputs))
+        log.info(
+            "group %d: quantized in %.0f s, compiled in %.0f s; compiled vs eager rel. MSE %.1e",
+            g, quantize_s, compile_s, agreement,
+        )  # fmt: skip
+        group_records.append(
+            {
+                "t_min": groups.bounds[g],
+                "t_max": groups.bounds[g + 1],
+                "file": package.name,
+                "weights": weights.name,
+                "calibration_inputs": len(items),
+                "bytes": package.stat().st_size + weights.stat().st_size,
+                "quantize_seconds": round(quantize_s, 2),
+                "compile_seconds": round(compile_s, 2),
+                "compiled_vs_eager_rel_mse": agreement,
+            }
+        )
+        del converted
+    return group_records
+
+
 def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -> dict:
     """Quantize ``pipe.unet`` into the artifact folder ``out`` (created; must not exist),
     calibrated on the FP32 model's own denoising runs of ``prompts``; its manifest."""
@@ -188,36 +231,23 @@ def build_from_inputs(
             "use fewer groups, more samples, or the trajectory sampler"
         )
     out.mkdir(parents=True)
-    group_records = []
     try:
-        for g, items in enumerate(per_group):
-            start = time.perf_counter()
-            converted = ptq.quantize_graph(graph, ptq.make_quantizer(fallback), items)
-            quantize_s = time.perf_counter() - start
-            start = time.perf_counter()
-            package, weights = out / artifact.package_name(g), out / artifact.weights_name(g)
-            ptq.compile_package(converted, items[0], str(package))
-            artifact.split_weights(package, weights)
-            compile_s = time.perf_counter() - start
-            agreement = check_compiled(converted, package, weights, _strided(items, options.compile_check_inputs))
-            log.info(
-                "group %d: quantized in %.0f s, compiled in %.0f s; compiled vs eager rel. MSE %.1e",
-                g, quantize_s, compile_s, agreement,
-            )  # fmt: skip
-            group_records.append(
-                {
-                    "t_min": groups.bounds[g],
-                    "t_max": groups.bounds[g + 1],
-                    "file": package.name,
-                    "weights": weights.name,
-                    "calibration_inputs": len(items),
-                    "bytes": package.stat().st_size + weights.stat().st_size,
-                    "quantize_seconds": round(quantize_s, 2),
-                    "compile_seconds": round(compile_s, 2),
-                    "compiled_vs_eager_rel_mse": agreement,
-                }
-            )
-            del converted
+        # Inductor miscompiles some sets of BF16 blocks among INT8 ones (docs/QUANTIZATION.md): a set
+        # the scan chose that fails the compile check is retried with one block fewer.
+        attempts = fallback_attempts(fallback, auto=options.fallback == "auto")
+        for n, attempt in enumerate(attempts):
+            try:
+                group_records = _compile_groups(graph, attempt, per_group, groups, out, options)
+                break
+            except MiscompiledError as exc:
+                if n + 1 == len(attempts):
+                    raise
+                log.warning("%s; trying %s in BF16 instead", exc, ", ".join(attempts[n + 1]) or "nothing")
+                _remove(out)
+                out.mkdir(parents=True)
+        miscompiled, fallback = attempts[:n], attempts[n]
+        if miscompiled:
+            log.info("kept in BF16: %s", ", ".join(fallback) or "nothing")
 
         latent = calib[0].sample.shape[2:]
         manifest = {
@@ -236,6 +266,7 @@ def build_from_inputs(
                 "mode": options.fallback if options.fallback in ("auto", "none") else "manual",
                 "budget": options.fallback_budget if options.fallback == "auto" else None,
                 "layers": fallback,
+                "miscompiled": miscompiled,
                 "scan": None if scan_results is None else [asdict(s) for s in scan_results],
             },
             "timestep_groups": group_records,
