@@ -63,6 +63,28 @@ def _lr_lambda(warmup: int, total: int, floor: float = 0.1):
     return factor
 
 
+class _Optimizer:
+    """AdamW with linear warm-up (a twentieth of the steps unless given) and cosine decay;
+    each step clips the gradients to norm 1."""
+
+    def __init__(self, params, *, lr: float, steps: int, warmup: int | None = None, **adamw):
+        self.params = list(params)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, **adamw)
+        warmup = steps // 20 + 1 if warmup is None else warmup
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(warmup, steps))
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.sched.step()
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+
 def _to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (n, h, w, 3) -> float (n, 3, h, w) in [-1, 1], as SD's VAE expects."""
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -79,8 +101,7 @@ class _Log:
 
 
 def train_vae(vae, args, device, log) -> None:
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(args.vae_steps // 20 + 1, args.vae_steps))
+    opt = _Optimizer(vae.parameters(), lr=args.vae_lr, steps=args.vae_steps, weight_decay=0.0)
     vae.train()
     for step in range(1, args.vae_steps + 1):
         start = (step - 1) * args.vae_batch
@@ -92,11 +113,7 @@ def train_vae(vae, args, device, log) -> None:
         rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
         kl = posterior.kl().mean() / (x[0].numel())
         loss = rec + args.vae_kl * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        opt.step(loss)
         log("vae", step, args.vae_steps, rec=rec.item(), kl=kl.item())
     vae.eval()
 
@@ -111,8 +128,7 @@ def finetune_decoder(vae, args, device, log) -> None:
     """
     gen = torch.Generator(device).manual_seed(args.seed + DECODER_SEED)
     decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    opt = torch.optim.AdamW(decoder, lr=args.decoder_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(args.decoder_steps // 20 + 1, args.decoder_steps))
+    opt = _Optimizer(decoder, lr=args.decoder_lr, steps=args.decoder_steps, weight_decay=0.0)
     vae.decoder.train()
     for step in range(1, args.decoder_steps + 1):
         start = (step - 1) * args.vae_batch
@@ -125,11 +141,7 @@ def finetune_decoder(vae, args, device, log) -> None:
         with _autocast(device):
             recon = vae.decode(z).sample.float()
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder, 1.0)
-        opt.step()
-        sched.step()
+        opt.step(loss)
         log("decoder", step, args.decoder_steps, rec=loss.item())
     vae.eval()
 
@@ -182,9 +194,9 @@ def pretrain_text_encoder(text_encoder, tokens: _Tokens, args, device, log) -> f
     """
     sizes = [len(v) + 1 for _ in range(2) for v in TEXT_TARGETS.values()] + [len(dataset.COLOR_NAMES) + 1]
     heads = torch.nn.Linear(architecture.TEXT_WIDTH, sum(sizes)).to(device)
-    params = list(text_encoder.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=args.text_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(args.text_steps // 20 + 1, args.text_steps))
+    opt = _Optimizer(
+        [*text_encoder.parameters(), *heads.parameters()], lr=args.text_lr, steps=args.text_steps, weight_decay=0.01
+    )
     rng = np.random.default_rng(args.seed + TEXT_SEED)
 
     def batch(n: int) -> tuple[list[str], torch.Tensor]:
@@ -203,11 +215,7 @@ def pretrain_text_encoder(text_encoder, tokens: _Tokens, args, device, log) -> f
     for step in range(1, args.text_steps + 1):
         captions, labels = batch(args.text_batch)
         loss = sum(F.cross_entropy(out, labels[:, j]) for j, out in enumerate(logits(captions)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        opt.step(loss)
         log("text", step, args.text_steps, loss=loss.item())
     text_encoder.eval().requires_grad_(False)
     captions, labels = batch(2048)
@@ -221,9 +229,9 @@ def train_denoiser(unet, text_encoder, tokens: _Tokens, latents, scenes, args, d
     runs every ``args.checkpoint_every`` steps."""
     noise_scheduler = architecture.training_scheduler()
     alphas = noise_scheduler.alphas_cumprod.to(device)
-    params = list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(args.warmup, args.steps))
+    opt = _Optimizer(
+        unet.parameters(), lr=args.lr, steps=args.steps, warmup=args.warmup, betas=(0.9, 0.99), weight_decay=0.01
+    )
     ema_unet = copy.deepcopy(unet).eval()
     ema_params = list(ema_unet.parameters())
     rng = np.random.default_rng(args.seed)
@@ -253,15 +261,11 @@ def train_denoiser(unet, text_encoder, tokens: _Tokens, latents, scenes, args, d
         snr_plus_one = 1 / (1 - alphas[t])
         weight = torch.clamp(snr_plus_one, max=args.snr_gamma) / snr_plus_one
         loss = denoising_loss(zt, t, target, tokens(captions), weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        opt.step(loss)
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
-        log("denoiser", step, args.steps, loss=loss.item(), lr=sched.get_last_lr()[0])
+            torch._foreach_lerp_(ema_params, opt.params, 1 - decay)
+        log("denoiser", step, args.steps, loss=loss.item(), lr=opt.lr)
         if step % args.checkpoint_every == 0 and step < (args.stop_after or args.steps):
             checkpoint(ema_unet)
     return ema_unet
