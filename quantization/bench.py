@@ -21,8 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from app.pipeline.variants import EagerUNet
 from quantization import ptq
 from quantization.artifact import load_package, required_cpu_features, split_weights
 from quantization.calibration import UNetInputs
@@ -59,23 +60,19 @@ def random_inputs(unet, t: float, seed: int, batch: int = 2) -> UNetInputs:
 
 
 def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Callable], dict]:
-    """A no-argument callable per variant running one step, and what building each cost."""
+    """A no-argument callable per variant running one step, and what building each cost.
+    FP32 and BF16 are the server's own ``EagerUNet`` variants (FP32 is ``unet`` itself)."""
     args = inputs.args()
-    bf16 = copy.deepcopy(unet).to(torch.bfloat16)
-    bf16_args = (args[0].bfloat16(), args[1], args[2].bfloat16())
     steps: dict[str, Callable] = {}
     build: dict[str, dict] = {}
-    for name in variants:
+    # eager variants last: FP32 eager turns ``unet`` itself channels-last, which the others must not inherit
+    for name in sorted(variants, key=lambda v: v.endswith("-eager")):
         start = time.perf_counter()
-        if name == "fp32-eager":
-            steps[name] = lambda: ptq.UNetGraph(unet)(*args)
-        elif name == "bf16-eager":
-            steps[name] = lambda: ptq.UNetGraph(bf16)(*bf16_args)
-        elif name == "bf16-compiled":
-            torch._inductor.config.freezing = True
-            compiled = torch.compile(ptq.UNetGraph(bf16))
-            compiled(*bf16_args)  # the first call compiles
-            steps[name] = lambda c=compiled: c(*bf16_args)
+        if name in ("fp32-eager", "bf16-eager", "bf16-compiled"):
+            precision, mode = name.split("-")
+            variant = EagerUNet(unet, precision, compile=mode == "compiled")
+            variant(*args)  # the first call compiles
+            steps[name] = lambda v=variant: v(*args)
         elif name == "int8-compiled":
             calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
             converted = ptq.quantize_graph(ptq.export_unet(unet, inputs), ptq.make_quantizer(), calibration)
@@ -92,7 +89,48 @@ def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Ca
         else:
             raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         build.setdefault(name, {})["build_seconds"] = round(time.perf_counter() - start, 2)
-    return steps, build
+    return {name: steps[name] for name in variants}, build
+
+
+def sd15_vae(seed: int = 0) -> AutoencoderKL:
+    """Stable Diffusion 1.5's VAE architecture with random weights."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    ).eval()
+
+
+def vae_decode(vae, latent_size: int, rounds: int) -> dict:
+    """Median seconds of decoding one image's latents in each VAE precision of the loop,
+    configured as the loop configures it (channels-last), interleaved round after round."""
+    from app.pipeline.loop import VAE_PRECISIONS
+
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, vae.config.latent_channels, latent_size, latent_size, generator=g)
+    decoders = {
+        name: copy.deepcopy(vae).to(dtype, memory_format=torch.channels_last) for name, dtype in VAE_PRECISIONS.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in decoders}
+    with torch.inference_mode():
+        for r in range(rounds + 1):  # the first round warms up
+            for name, decoder in decoders.items():
+                start = time.perf_counter()
+                decoder.decode(latents.to(decoder.dtype)).sample.float()
+                if r:
+                    times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "latent_size": latent_size,
+        "rounds": rounds,
+        "precisions": {
+            name: {"median_seconds": round(m, 3), "vs_fp32": round(m / median["fp32"], 3)} for name, m in median.items()
+        },
+    }
 
 
 def time_embedding_share(unet, inputs: UNetInputs, rounds: int = 20) -> float:
@@ -171,6 +209,20 @@ def markdown(result: dict) -> str:
             f"| {name} | {v['median_seconds']:.3f} | {v['min_seconds']:.3f} | {ratio} | {v['build_seconds']:.0f} |"
         )
     lines += ["", f"Time embedding: {100 * result['time_embedding_share_of_fp32_step']:.3f}% of an FP32 step."]
+    if "vae_decode" in result:
+        vae = result["vae_decode"]
+        size = vae["latent_size"] * 8
+        lines += [
+            "",
+            (
+                f"VAE decode of one {size}x{size} image (SD 1.5's VAE, random weights, channels-last, "
+                f"median of {vae['rounds']} interleaved rounds):"
+            ),
+            "",
+            "| VAE precision | decode (s, median) | vs fp32 |",
+            "|---|---|---|",
+            *(f"| {name} | {v['median_seconds']:.2f} | {v['vs_fp32']:.2f}x |" for name, v in vae["precisions"].items()),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,7 @@ async def list_models(request: Request) -> dict:
                 "default_size": info["default_size"],
                 "prediction_type": info["prediction_type"],
                 "max_prompt_tokens": info["max_prompt_tokens"],
+                "vae_precision": info["vae_precision"],
                 "parameters": info["parameters"],
                 "precisions": model.precisions,
                 "artifacts": info["artifacts"],

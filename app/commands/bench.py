@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
             unet = build_tiny_pipeline("sd").unet
         result = bench.run(unet, variants=variants, rounds=args.rounds)
+        if args.unet == "sd15":
+            result["vae_decode"] = bench.vae_decode(bench.sd15_vae(), latent_size=64, rounds=args.rounds)
         default_out = Path("bench/unet-step")
     md, js = bench.write(result, args.out or default_out, report.markdown)
     print(report.markdown(result))

@@ -36,6 +36,12 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="runs/eval", help="folder for eval.md and eval.json")
     parser.add_argument("--grid", default=None, help="also write the first 16 FP32 images, captioned, to this PNG")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--vae-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="what every schedule's images are decoded in (default fp32: the reference is FP32 throughout)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        pipeline = MixedPrecisionPipeline.load(args.model, precisions_of(specs))
+        pipeline = MixedPrecisionPipeline.load(args.model, precisions_of(specs), vae_precision=args.vae_precision)
     except RuntimeError as exc:
         print(f"mixdiff eval: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the UNets"
     )
+    parser.add_argument("--vae-precision", choices=("fp32", "bf16"), default="bf16", help="what the VAE decodes in")
     parser.set_defaults(func=run)
 
 
@@ -61,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
     wanted = [spec] if isinstance(spec, str) else list(spec) if isinstance(spec, list) else [spec.high, spec.low]
     try:
-        pipeline = MixedPrecisionPipeline.load(args.model, sorted(set(wanted)), compile=args.compile)
+        pipeline = MixedPrecisionPipeline.load(
+            args.model, sorted(set(wanted)), compile=args.compile, vae_precision=args.vae_precision
+        )
     except RuntimeError as exc:  # a missing or unsupported model folder
         print(f"mixdiff generate: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ def test_int8_is_offered(server):
     assert model["precisions"] == ["bf16", "int8"]
     # trained with zero terminal SNR: only schedulers that rescale their betas can sample it
     assert (model["prediction_type"], model["schedulers"]) == ("v_prediction", ["ddim", "euler", "euler_a", "dpmpp"])
+    assert model["vae_precision"] == "bf16"  # the server's default
 
 
 def test_a_scheduler_that_cannot_sample_the_model_is_refused(server):

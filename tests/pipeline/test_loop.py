@@ -159,3 +159,17 @@ def test_bf16_without_fp32_converts_the_unet_instead_of_copying_it():
     pipe = build_tiny_pipeline("sd")
     variants, _ = build_variants(pipe, ["bf16"])
     assert variants["bf16"].unet is pipe.unet and pipe.unet.dtype == torch.bfloat16
+
+
+def test_bf16_vae_decodes_the_same_latents_to_nearly_the_same_image(tiny):
+    params = GenerationParams(prompt="a red circle", steps=2, seed=5)
+    bf16_vae = MixedPrecisionPipeline.from_pipe(build_tiny_pipeline("sd"), "sd", ["fp32"], vae_precision="bf16")
+    assert bf16_vae.pipe.vae.dtype == torch.bfloat16 and bf16_vae.info.vae_precision == "bf16"
+    assert tiny.info.vae_precision == "fp32"
+    fp32 = pixels(tiny.generate(params, ["fp32"] * 2).images[0])
+    bf16 = pixels(bf16_vae.generate(params, ["fp32"] * 2).images[0])
+    other = pixels(tiny.generate(GenerationParams(prompt="a red circle", steps=2, seed=6), ["fp32"] * 2).images[0])
+    assert fp32.shape == bf16.shape
+    assert np.abs(fp32 - bf16).mean() < 0.2 * np.abs(fp32 - other).mean()
+    with pytest.raises(ValueError, match="unknown VAE precision 'fp16'"):
+        MixedPrecisionPipeline.from_pipe(build_tiny_pipeline("sd"), "sd", ["fp32"], vae_precision="fp16")

@@ -1,0 +1,80 @@
+"""The same INT8 UNet graph run two ways, beside BF16 compiled: ``torch.compile`` (Inductor,
+freezing, inside BF16 autocast: torchao's documented int8-mixed-bf16 flow) and the
+AOTInductor package the artifacts ship (``quantization.ptq.compile_package``).
+
+    python bench/int8_inductor_vs_aoti.py [--rounds 5]
+
+SD 1.5's UNet architecture with random weights, CFG batch 2, 64x64 latents; calibrated
+as ``mixdiff bench`` calibrates. Builds take about 8 minutes on 2 cores; the steps are
+timed interleaved, round after round, and reported as medians and ratios to BF16
+compiled. Run it as the server's workers run (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from app.pipeline.variants import EagerUNet
+from quantization import ptq
+from quantization.artifact import load_package, split_weights
+from quantization.bench import random_inputs, sd15_unet
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    unet = sd15_unet()
+    inputs = random_inputs(unet, 500, seed=100)
+    step_args = inputs.args()
+    calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
+    converted = ptq.quantize_graph(ptq.export_unet(unet, inputs), ptq.make_quantizer(), calibration)
+    steps = {}
+    with torch.no_grad():
+        torch._inductor.config.freezing = True
+        compiled = torch.compile(converted)
+
+        def inductor():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return compiled(*step_args)
+
+        start = time.perf_counter()
+        inductor()  # compiles
+        print(f"int8 torch.compile built in {time.perf_counter() - start:.0f} s", flush=True)
+        steps["int8-torch.compile"] = inductor
+
+        work = Path(tempfile.mkdtemp(prefix="mixdiff-aoti-"))
+        start = time.perf_counter()
+        ptq.compile_package(converted, inputs, str(work / "unet.pt2"))
+        split_weights(work / "unet.pt2", work / "unet.safetensors")
+        runner = load_package(work / "unet.pt2", work / "unet.safetensors")
+        print(f"int8 AOTInductor package built in {time.perf_counter() - start:.0f} s", flush=True)
+        steps["int8-aotinductor"] = lambda: runner(*step_args)
+
+        bf16 = EagerUNet(unet, "bf16", compile=True)
+        bf16(*step_args)
+        steps["bf16-compiled"] = lambda: bf16(*step_args)
+
+        for step in steps.values():
+            step()
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["bf16-compiled"])
+    print(f"\n| variant | step (s, median of {args.rounds}) | vs bf16-compiled |\n|---|---|---|")
+    for name, t in times.items():
+        print(f"| {name} | {statistics.median(t):.3f} | {statistics.median(t) / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
