@@ -3,6 +3,11 @@ freezing, inside BF16 autocast: torchao's documented int8-mixed-bf16 flow) and t
 AOTInductor package the artifacts ship (``quantization.ptq.compile_package``).
 
     python bench/int8_inductor_vs_aoti.py [--rounds 5]
+    python bench/int8_inductor_vs_aoti.py --onednn-verbose int8-aotinductor > aoti.log
+    python bench/onednn_summary.py aoti.log
+
+``--onednn-verbose VARIANT``: after the timing, one more step of VARIANT with oneDNN's
+verbose log on, after a ``MARK`` line (what ``bench/onednn_summary.py`` reads).
 
 SD 1.5's UNet architecture with random weights, CFG batch 2, 64x64 latents; calibrated
 as ``mixdiff bench`` calibrates. Builds take about 8 minutes on 2 cores; the steps are
@@ -29,6 +34,7 @@ from quantization.bench import random_inputs, sd15_unet
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--onednn-verbose", metavar="VARIANT", default=None, help="log one step of VARIANT")
     args = parser.parse_args()
 
     unet = sd15_unet()
@@ -70,6 +76,10 @@ def main() -> None:
                 start = time.perf_counter()
                 step()
                 times[name].append(time.perf_counter() - start)
+        if args.onednn_verbose:
+            print("MARK", flush=True)
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                steps[args.onednn_verbose]()
     base = statistics.median(times["bf16-compiled"])
     print(f"\n| variant | step (s, median of {args.rounds}) | vs bf16-compiled |\n|---|---|---|")
     for name, t in times.items():
