@@ -108,13 +108,11 @@ def sd15_vae(seed: int = 0) -> AutoencoderKL:
 def vae_decode(vae, latent_size: int, rounds: int) -> dict:
     """Median seconds of decoding one image's latents in each VAE precision of the loop,
     configured as the loop configures it (channels-last), interleaved round after round."""
-    from app.pipeline.loop import VAE_PRECISIONS
+    from app.pipeline.loop import VAE_PRECISIONS, set_vae_precision
 
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(1, vae.config.latent_channels, latent_size, latent_size, generator=g)
-    decoders = {
-        name: copy.deepcopy(vae).to(dtype, memory_format=torch.channels_last) for name, dtype in VAE_PRECISIONS.items()
-    }
+    decoders = {name: set_vae_precision(copy.deepcopy(vae), name) for name in VAE_PRECISIONS}
     times: dict[str, list[float]] = {name: [] for name in decoders}
     with torch.inference_mode():
         for r in range(rounds + 1):  # the first round warms up

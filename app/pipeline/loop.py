@@ -26,6 +26,14 @@ from app.pipeline.variants import build_variants
 VAE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def set_vae_precision(vae: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """``vae``, converted in place to decode in ``precision``, channels-last: oneDNN's
+    native layout for convolutions, the whole of a VAE's work."""
+    if precision not in VAE_PRECISIONS:
+        raise ValueError(f"unknown VAE precision {precision!r}: {', '.join(VAE_PRECISIONS)}")
+    return vae.to(VAE_PRECISIONS[precision], memory_format=torch.channels_last)
+
+
 @dataclass
 class ModelInfo:
     name: str
@@ -66,11 +74,8 @@ class MixedPrecisionPipeline:
         vae_precision: str = "fp32",
     ) -> MixedPrecisionPipeline:
         """Wrap a diffusers pipeline already in memory; ``path`` is where its int8 artifacts live."""
-        if vae_precision not in VAE_PRECISIONS:
-            raise ValueError(f"unknown VAE precision {vae_precision!r}: {', '.join(VAE_PRECISIONS)}")
+        set_vae_precision(pipe.vae, vae_precision)
         variants, unavailable = build_variants(pipe, precisions, compile=compile, model_dir=path)
-        # channels-last: oneDNN's native layout for convolutions, the whole of a VAE's work
-        pipe.vae.to(VAE_PRECISIONS[vae_precision], memory_format=torch.channels_last)
         info = ModelInfo(
             name=path.name if path else "tiny-random",
             family=family,

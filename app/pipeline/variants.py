@@ -38,7 +38,7 @@ class EagerUNet:
             torch._inductor.config.freezing = True  # constant-fold and prepack weights for oneDNN
             self.forward = torch.compile(self.unet)
         else:
-            # oneDNN's convolutions run channels-last natively: 0.8x the time of a BF16 SD 1.5 step
+            # oneDNN's convolutions run channels-last natively: 0.9x the time of a BF16 SD 1.5 step
             # (docs/QUANTIZATION.md). Inductor picks its own layouts when compiled.
             self.forward = self.unet.to(memory_format=torch.channels_last)
 
