@@ -1,9 +1,10 @@
 """oneDNN's time per primitive kind, implementation and data types, from the
 ``ONEDNN_VERBOSE=1`` output of ``bench/profile_step.py`` after its ``MARK`` line:
 
-    python bench/onednn_summary.py verbose.log [--shapes]
+    python bench/onednn_summary.py verbose.log [--shapes] [--mark "MARK AOTInductor package"]
 
-``--shapes`` lists the costliest matmul and convolution problems instead.
+``--shapes`` lists the costliest matmul and convolution problems instead. ``--mark``
+reads the executions between that line and the next ``MARK`` line.
 (Verbose logging itself slows every call; read the times as shares, not as a step time.)
 """
 
@@ -15,10 +16,12 @@ import re
 from pathlib import Path
 
 
-def executions(text: str):
-    """``(kind, implementation, memory descriptors, problem, milliseconds)`` of each execution after MARK."""
-    _, _, steady = text.partition("MARK\n")
+def executions(text: str, mark: str = "MARK"):
+    """``(kind, implementation, memory descriptors, problem, milliseconds)`` of each execution after ``mark``."""
+    _, _, steady = text.partition(f"{mark}\n")
     for line in steady.splitlines():
+        if line.startswith("MARK"):
+            break
         fields = line.split(",")
         if not line.startswith("onednn_verbose") or "exec" not in fields:
             continue
@@ -34,9 +37,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("log", type=Path)
     parser.add_argument("--shapes", action="store_true")
+    parser.add_argument("--mark", default="MARK", help="the line the executions to read follow")
     args = parser.parse_args()
     totals: dict[tuple, list] = collections.defaultdict(lambda: [0, 0.0])
-    for kind, impl, memory, problem, ms in executions(args.log.read_text()):
+    for kind, impl, memory, problem, ms in executions(args.log.read_text(), args.mark):
         if args.shapes:
             if kind not in ("matmul", "convolution"):
                 continue
