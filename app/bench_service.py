@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -36,6 +37,7 @@ from app.pipeline.tiny import (
     sd_scheduler,
 )
 from quantization import bench
+from quantization.artifact import ArtifactError, verify
 from quantization.build import BuildOptions, build_from_inputs
 
 #: Schedules every round generates, by label.
@@ -79,11 +81,17 @@ def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
 
 def prepare(work: Path, unet: str = "sd15") -> Path:
-    """The model folder with its ``int8`` artifact under ``work``, built unless already there."""
+    """The model folder with its ``int8`` artifact under ``work``, built unless one this
+    mixdiff can load is already there."""
     folder = work / f"{unet}-random"
     artifact = folder / "quantized" / "int8"
-    if (artifact / "manifest.json").is_file():
+    try:
+        verify(artifact)
         return folder
+    except ArtifactError as exc:
+        if artifact.exists():
+            print(f"rebuilding {artifact}: {exc}", flush=True)
+            shutil.rmtree(artifact)
     pipe = sd15_pipeline() if unet == "sd15" else build_tiny_pipeline("sd")
     if not (folder / "model_index.json").is_file():
         pipe.save_pretrained(folder)

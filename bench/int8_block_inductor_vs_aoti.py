@@ -10,8 +10,10 @@ the residual) and a feed-forward half (linear, GELU, linear plus the residual), 
 ``mixdiff quantize ptq`` quantizes (PT2E, ``X86InductorQuantizer``, BF16 elsewhere).
 Variants: ``torch.compile`` with freezing (Python wrapper), the same with Inductor's C++
 wrapper, the AOTInductor package built with the artifacts' settings
-(``quantization.ptq.AOTI_CONFIG``), and one built with AOTInductor's defaults (weights
-inside the ``.so``). The C++ wrapper variant generates the same C++ as
+(``quantization.ptq.AOTI_CONFIG``) as AOTInductor loads it, one built with AOTInductor's
+defaults (weights inside the ``.so``), and the package as the artifacts load it
+(``quantization.artifact``: its constants handed to it 64-byte aligned; AOTInductor's
+own loader leaves them 16 bytes past a cache line). The C++ wrapper variant generates the same C++ as
 the package, but its frozen weights are the tensors Inductor made in this process; the
 package's are the constants it loads. ``--onednn-verbose`` logs one more run of each
 variant, each after a ``MARK <variant>`` line. Run it as the server's workers run
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from quantization import ptq
+from quantization import artifact, ptq
 
 
 class Block(torch.nn.Module):
@@ -109,6 +111,11 @@ def main() -> None:
             )
             runner = torch._inductor.aoti_load_package(package)
             steps[name] = lambda runner=runner: runner(x)
+        package, weights = work / "block-aligned.pt2", work / "block-aligned.safetensors"
+        with artifact.constants_apart(package, weights):
+            torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs=ptq.AOTI_CONFIG)
+        aligned = artifact.load_package(package, weights)
+        steps["AOTInductor package, constants aligned (artifacts)"] = lambda: aligned(x)
 
         for step in steps.values():
             step()

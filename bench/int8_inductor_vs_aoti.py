@@ -1,6 +1,6 @@
 """The same INT8 UNet graph run two ways, beside BF16 compiled: ``torch.compile`` (Inductor,
 freezing, inside BF16 autocast: torchao's documented int8-mixed-bf16 flow) and the
-AOTInductor package the artifacts ship (``quantization.ptq.compile_package``).
+AOTInductor package the artifacts ship (``quantization.artifact.build_package``).
 
     python bench/int8_inductor_vs_aoti.py [--rounds 5]
     python bench/int8_inductor_vs_aoti.py --onednn-verbose int8-aotinductor > aoti.log
@@ -27,7 +27,7 @@ import torch
 
 from app.pipeline.variants import EagerUNet
 from quantization import ptq
-from quantization.artifact import load_package, split_weights
+from quantization.artifact import build_package, load_package
 from quantization.bench import random_inputs, sd15_unet
 
 
@@ -58,8 +58,7 @@ def main() -> None:
 
         work = Path(tempfile.mkdtemp(prefix="mixdiff-aoti-"))
         start = time.perf_counter()
-        ptq.compile_package(converted, inputs, str(work / "unet.pt2"))
-        split_weights(work / "unet.pt2", work / "unet.safetensors")
+        build_package(converted, inputs, work / "unet.pt2", work / "unet.safetensors")
         runner = load_package(work / "unet.pt2", work / "unet.safetensors")
         print(f"int8 AOTInductor package built in {time.perf_counter() - start:.0f} s", flush=True)
         steps["int8-aotinductor"] = lambda: runner(*step_args)

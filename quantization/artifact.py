@@ -5,13 +5,16 @@ the INT8/BF16 UNet compiled to a shared library, so loading is ``dlopen``, not
 minutes of compilation) and its weights (``unet-g<k>.safetensors``), and a
 ``manifest.json`` saying how it was made and what it needs.
 
-The weights are the package's constants blob, moved out of it at build time
-(``split_weights``) and put back into a temporary package at load time: the
-blob is raw bytes, the INT8 conv/linear weights among them already in oneDNN's
-blocked layout (freezing prepacks them, and the shared library holds the
-descriptor of each), which no tensor format but a byte array can carry. Stored
-as safetensors they are plain data, not code or pickles, and the package is
-code only. A compiled package is
+The weights are the package's constants, taken from Inductor as it compiles the
+package (``build_package``) and stored next to it, 64-byte aligned in one byte array
+with a table of where each lies and what it is; the INT8 conv/linear weights among
+them are already in oneDNN's blocked layout (freezing prepacks them), which no tensor
+format but a byte array can carry. Stored as safetensors they are plain data, not code
+or pickles, and the package is code only. At load time they are copied into one
+64-byte-aligned block and handed to the package as its constants (``load_package``):
+AOTInductor's own loader puts them in a ``malloc`` block, 16 bytes past a cache line,
+where the INT8 kernels read their weights 1.4-1.5x slower (docs/QUANTIZATION.md).
+A compiled package is
 only valid with the torch it was compiled by and on a CPU with the instructions it
 was compiled for, and only for the UNet it was quantized from; ``load_variant``
 checks all of that, and every file's sha256, before it loads anything, and refuses
@@ -20,10 +23,11 @@ with an ``ArtifactError`` naming what is wrong.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import platform
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -32,11 +36,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.export.pt2_archive._package import PT2ArchiveReader, PT2ArchiveWriter
 
+from quantization import ptq
 from quantization.calibration import UNetInputs
 from quantization.ptq import TimestepGroups, run_in_batches
 
 MANIFEST = "manifest.json"
-FORMAT = 2
+FORMAT = 3
 _REQUIRED = ("runtime", "files", "timestep_groups", "model")
 #: gcc ``-m`` flags Inductor compiles CPU kernels with, and the /proc/cpuinfo flag each needs.
 _GCC_TO_CPUINFO = {
@@ -71,6 +76,89 @@ _BLOB_SUFFIX = "_weights.blob"
 #: Records every PT2 archive writer adds by itself; copying them would duplicate them.
 _WRITER_RECORDS = ".data/"
 _BLOB_KEY = "constants"
+#: Where each constant starts in the byte array: a cache line, as AMX and AVX-512 loads want.
+ALIGNMENT = 64
+
+
+@contextlib.contextmanager
+def _captured_constants():
+    """The constants (name, tensor) of the package AOTInductor compiles inside the block, as it
+    serializes them: the frozen graph's, the prepacked oneDNN weights among them."""
+    from torch._inductor.codecache import AotCodeCompiler
+
+    captured: list[tuple[str, torch.Tensor]] = []
+    original = AotCodeCompiler.compile
+
+    def capture(cls, graph, *args, **kwargs):
+        captured.extend(
+            (name, graph.get_original_value_of_constant(name))
+            for name in graph.constants
+            if name not in graph.folded_constants
+        )
+        return original.__func__(cls, graph, *args, **kwargs)
+
+    AotCodeCompiler.compile = classmethod(capture)
+    try:
+        yield captured
+    finally:
+        AotCodeCompiler.compile = original
+
+
+def _constant_bytes(tensor: torch.Tensor) -> tuple[int, int]:
+    """(address, size) of the memory a constant's data lives in: a prepacked oneDNN tensor's
+    buffer, or a strided tensor's whole storage (its view is rebuilt from sizes and strides)."""
+    if tensor.is_mkldnn:
+        return torch.ops.mkldnn.data_ptr(tensor), torch.ops.mkldnn._nbytes(tensor)
+    return tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes()
+
+
+def _save_constants(constants: list[tuple[str, torch.Tensor]], weights: Path, package: str) -> None:
+    """Write ``constants`` into ``weights``: one uint8 array, each constant at an ``ALIGNMENT``
+    boundary, and a table (metadata ``"table"``) of its name, place, dtype and shape."""
+    table, offset = [], 0
+    for name, tensor in constants:
+        _, nbytes = _constant_bytes(tensor)
+        entry = {"name": name, "offset": offset, "nbytes": nbytes, "dtype": str(tensor.dtype).removeprefix("torch.")}
+        entry["sizes"] = list(tensor.shape)
+        if tensor.is_mkldnn:
+            entry["mkldnn_md"] = torch.ops.mkldnn._get_mkldnn_serialized_md(tensor).numpy().tobytes().hex()
+        else:
+            entry["strides"], entry["storage_offset"] = list(tensor.stride()), tensor.storage_offset()
+        table.append(entry)
+        offset += -(-nbytes // ALIGNMENT) * ALIGNMENT
+    blob = torch.empty(offset, dtype=torch.uint8)
+    for (_, tensor), entry in zip(constants, table):
+        address, nbytes = _constant_bytes(tensor)
+        ctypes.memmove(blob.data_ptr() + entry["offset"], address, nbytes)
+    save_file({_BLOB_KEY: blob}, str(weights), metadata={"table": json.dumps(table), "package": package})
+
+
+def _strip(package: Path) -> None:
+    """Drop AOTInductor's own copy of the constants from ``package``, and the generated C++
+    sources: the loader needs only the compiled library, and they name the build machine's
+    paths in their compile commands."""
+    staged = package.with_name(package.name + ".tmp")
+    with PT2ArchiveReader(str(package)) as reader, PT2ArchiveWriter(str(staged)) as writer:
+        _copy_records(reader, writer, skip=lambda name: name.endswith((_BLOB_SUFFIX, ".cpp")))
+    staged.replace(package)
+
+
+@contextlib.contextmanager
+def constants_apart(package: Path, weights: Path):
+    """Around the AOTInductor compilation of ``package``: afterwards its constants are in
+    ``weights`` (``ALIGNMENT``-aligned, with their table) and the package holds code only."""
+    with _captured_constants() as constants:
+        yield
+    if not constants:
+        raise RuntimeError(f"AOTInductor compiled {package.name} without handing over its constants")
+    _strip(package)
+    _save_constants(constants, weights, package.name)
+
+
+def build_package(converted: torch.fx.GraphModule, example: UNetInputs, package: Path, weights: Path) -> None:
+    """Compile ``converted`` into the AOTInductor ``package`` (code only) and its constants into ``weights``."""
+    with constants_apart(package, weights):
+        ptq.compile_package(converted, example, str(package))
 
 
 def _copy_records(reader: PT2ArchiveReader, writer: PT2ArchiveWriter, skip=lambda name: False) -> None:
@@ -79,36 +167,72 @@ def _copy_records(reader: PT2ArchiveReader, writer: PT2ArchiveWriter, skip=lambd
             writer.write_bytes(name, reader.read_bytes(name))
 
 
-def split_weights(package: Path, weights: Path) -> None:
-    """Move the constants blob of the AOTInductor ``package`` into the safetensors file
-    ``weights`` (one uint8 tensor; the record it came from in the metadata). The
-    generated C++ sources go too: the loader needs only the compiled library, and they
-    name the build machine's paths in their compile commands."""
-    staged = package.with_name(package.name + ".tmp")
-    with PT2ArchiveReader(str(package)) as reader:
-        blobs = [name for name in reader.get_file_names() if name.endswith(_BLOB_SUFFIX)]
-        if len(blobs) != 1:
-            raise ValueError(f"{package} holds {len(blobs)} constants blobs, expected one")
-        with PT2ArchiveWriter(str(staged)) as writer:
-            _copy_records(reader, writer, skip=lambda name: name == blobs[0] or name.endswith(".cpp"))
-        blob = torch.frombuffer(bytearray(reader.read_bytes(blobs[0])), dtype=torch.uint8)
-    save_file({_BLOB_KEY: blob}, str(weights), metadata={"record": blobs[0], "package": package.name})
-    staged.replace(package)
+class _Shim:
+    """AOTInductor's C shim in libtorch, for the one thing Python cannot do: wrap bytes that hold
+    a prepacked oneDNN tensor as that tensor (as a package's own loader does)."""
+
+    def __init__(self):
+        self.lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        for name in ("aoti_torch_device_type_cpu", "aoti_torch_layout__mkldnn"):
+            getattr(self.lib, name).restype = ctypes.c_int32
+        ctypes.pythonapi.PyCapsule_New.restype = ctypes.py_object
+        ctypes.pythonapi.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+
+    def mkldnn_tensor(self, address: int, entry: dict) -> torch.Tensor:
+        dtype = getattr(self.lib, f"aoti_torch_dtype_{entry['dtype']}")
+        dtype.restype = ctypes.c_int32
+        ndim = len(entry["sizes"])
+        sizes = (ctypes.c_int64 * ndim)(*entry["sizes"])
+        strides = (ctypes.c_int64 * ndim)(*torch.empty(entry["sizes"], device="meta").stride())
+        md = bytes.fromhex(entry["mkldnn_md"])
+        handle = ctypes.c_void_p()
+        error = self.lib.aoti_torch_create_tensor_from_blob_v2(
+            ctypes.c_void_p(address), ctypes.c_int64(ndim), sizes, strides, ctypes.c_int64(0), dtype(),
+            self.lib.aoti_torch_device_type_cpu(), ctypes.c_int32(0), ctypes.byref(handle),
+            self.lib.aoti_torch_layout__mkldnn(), ctypes.c_char_p(md), ctypes.c_int64(len(md)),
+        )  # fmt: skip
+        if error:
+            raise RuntimeError(f"cannot wrap constant {entry['name']} as a oneDNN tensor")
+        capsule = ctypes.pythonapi.PyCapsule_New(handle.value, None, None)
+        return torch._C._aoti.alloc_tensor_by_stealing_from_void_ptr(capsule)
 
 
-def load_package(package: Path, weights: Path):
-    """The runnable AOTInductor model of ``package`` with its ``weights`` put back."""
+class Package:
+    """A loaded AOTInductor package and the memory its constants live in (it only points there)."""
+
+    def __init__(self, runner, memory: torch.Tensor, constants: dict[str, torch.Tensor]):
+        self.runner, self.memory, self.constants = runner, memory, constants
+
+    def __call__(self, *args):
+        return self.runner(*args)
+
+
+def load_package(package: Path, weights: Path) -> Package:
+    """The runnable AOTInductor model of ``package`` with the constants in ``weights`` handed to it."""
     with safe_open(str(weights), "pt") as f:
-        record = f.metadata()["record"]
-        blob = f.get_tensor(_BLOB_KEY)
-    with tempfile.TemporaryDirectory(prefix="mixdiff-") as tmp:
-        joined = Path(tmp) / package.name
-        with PT2ArchiveReader(str(package)) as reader, PT2ArchiveWriter(str(joined)) as writer:
-            _copy_records(reader, writer)
-            # straight from the (memory-mapped) tensor: no copy of what may be a GB
-            writer.archive_file.write_record(record, blob.untyped_storage(), blob.numel())
+        table = json.loads(f.metadata()["table"])
+        blob = f.get_tensor(_BLOB_KEY)  # memory-mapped
+        memory = torch.empty(blob.numel(), dtype=torch.uint8)  # torch allocates 64-byte aligned
+        memory.copy_(blob)
         del blob
-        return torch._inductor.aoti_load_package(str(joined))  # extracts it: the file may go
+    if memory.data_ptr() % ALIGNMENT:
+        raise RuntimeError(f"constants memory is not {ALIGNMENT}-byte aligned")
+    shim, constants = None, {}
+    for entry in table:
+        address = memory.data_ptr() + entry["offset"]
+        if "mkldnn_md" in entry:
+            shim = shim or _Shim()
+            constants[entry["name"]] = shim.mkldnn_tensor(address, entry)
+        else:
+            dtype = getattr(torch, entry["dtype"])
+            itemsize = dtype.itemsize  # the array's length is a multiple of ALIGNMENT, so it views as any dtype
+            constants[entry["name"]] = memory.view(dtype).as_strided(
+                entry["sizes"], entry["strides"], entry["offset"] // itemsize + entry["storage_offset"]
+            )
+    runner = torch._inductor.aoti_load_package(str(package))
+    # by the package's own constant names (``load_constants`` goes by source FQN, which several share)
+    runner.loader.update_constant_buffer(constants, False, True, True)  # active buffer, all of them, user-managed
+    return Package(runner, memory, constants)
 
 
 def sha256(path: Path) -> str:

@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from app.pipeline.variants import EagerUNet
 from quantization import ptq
-from quantization.artifact import load_package, required_cpu_features, split_weights
+from quantization.artifact import build_package, load_package, required_cpu_features
 from quantization.calibration import UNetInputs
 
 VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "int8-compiled")
@@ -77,8 +77,7 @@ def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Ca
             calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
             converted = ptq.quantize_graph(ptq.export_unet(unet, inputs), ptq.make_quantizer(), calibration)
             package, weights = work / "int8.pt2", work / "int8.safetensors"
-            ptq.compile_package(converted, inputs, str(package))
-            split_weights(package, weights)
+            build_package(converted, inputs, package, weights)
             built = time.perf_counter()
             runner = load_package(package, weights)
             build[name] = {

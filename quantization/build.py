@@ -137,8 +137,7 @@ def _compile_groups(graph, fallback: list[str], per_group, groups, out: Path, op
         quantize_s = time.perf_counter() - start
         start = time.perf_counter()
         package, weights = out / artifact.package_name(g), out / artifact.weights_name(g)
-        ptq.compile_package(converted, items[0], str(package))
-        artifact.split_weights(package, weights)
+        artifact.build_package(converted, items[0], package, weights)
         compile_s = time.perf_counter() - start
         agreement = check_compiled(converted, package, weights, _strided(items, options.compile_check_inputs))
         log.info(

@@ -32,8 +32,8 @@ BATCH = 2
 #: only the vector ISA's explicit ``-m`` flags, so the CPU features the manifest lists
 #: are all a package needs. ``cpp.dynamic_threads``: OpenMP loops take the thread count
 #: of the process that runs them, not of the machine that compiled them.
-#: ``package_constants_*``: the weights go to one raw blob beside the shared library,
-#: not into it, so the artifact can keep them as safetensors (see ``artifact``).
+#: ``package_constants_*``: the weights go to one raw blob beside the shared library, not
+#: into it; the artifact drops that blob and keeps the constants itself (see ``artifact``).
 AOTI_CONFIG = {
     "freezing": True,
     "cpp.march": "",
@@ -49,7 +49,8 @@ RECIPE = {
     "activations": "uint8 per-tensor affine, static (HistogramObserver)",
     "unquantized_ops": "bf16 (torch.autocast baked into the exported graph)",
     "compiler": "AOTInductor, freezing (oneDNN int8 conv/linear fusions), no -march=native, dynamic threads",
-    "stored_weights": "the package's constants blob (oneDNN-prepacked int8 weights, scales, bf16 leftovers) as safetensors",
+    "stored_weights": "the package's constants (oneDNN-prepacked int8 weights, scales, bf16 leftovers), "
+    "64-byte aligned, as safetensors, handed to the package at load",
 }
 
 
