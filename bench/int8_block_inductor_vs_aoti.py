@@ -1,4 +1,4 @@
-"""A stack of INT8 UNet-like blocks, compiled three ways and timed side by side: where
+"""A stack of INT8 UNet-like blocks, built five ways and timed side by side: where
 the AOTInductor package loses time against ``torch.compile`` on the same graph.
 
     python bench/int8_block_inductor_vs_aoti.py [--channels 1280 --size 16 --blocks 4]
@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from quantization import artifact, ptq
+from quantization.bench import interleaved
 
 
 class Block(torch.nn.Module):
@@ -117,14 +117,7 @@ def main() -> None:
         aligned = artifact.load_package(package, weights)
         steps["AOTInductor package, constants aligned (artifacts)"] = lambda: aligned(x)
 
-        for step in steps.values():
-            step()
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(args.rounds):
-            for name, step in steps.items():
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved(steps, args.rounds)
         if args.onednn_verbose:
             for name, step in steps.items():
                 print(f"MARK {name}", flush=True)

@@ -28,7 +28,7 @@ import torch
 from app.pipeline.variants import EagerUNet
 from quantization import ptq
 from quantization.artifact import build_package, load_package
-from quantization.bench import random_inputs, sd15_unet
+from quantization.bench import interleaved, random_inputs, sd15_unet
 
 
 def main() -> None:
@@ -67,14 +67,7 @@ def main() -> None:
         bf16(*step_args)
         steps["bf16-compiled"] = lambda: bf16(*step_args)
 
-        for step in steps.values():
-            step()
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(args.rounds):
-            for name, step in steps.items():
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved(steps, args.rounds)
         if args.onednn_verbose:
             print("MARK", flush=True)
             with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import statistics
-import time
 
 import torch
 
 from quantization.artifact import ALIGNMENT, _Shim
+from quantization.bench import interleaved
 
 
 def main() -> None:
@@ -58,12 +58,8 @@ def main() -> None:
     reference = conv(packed)
     if not all(torch.equal(conv(weight), reference) for weight in weights.values()):
         raise SystemExit("the copied weights compute something else")
-    times: dict[str, list[float]] = {name: [] for name in weights}
-    for _ in range(args.rounds):
-        for name, weight in weights.items():
-            start = time.perf_counter()
-            conv(weight)
-            times[name].append(time.perf_counter() - start)
+    # the check above ran each once: no further warm-up
+    times = interleaved({name: lambda w=weight: conv(w) for name, weight in weights.items()}, args.rounds, warmup=0)
     base = statistics.median(times["0 bytes past a cache line"])
     print(f"INT8 3x3 convolution, {c} channels at {s}x{s}, batch 2, median of {args.rounds} interleaved rounds\n")
     print("| weights | ms | vs aligned |\n|---|---|---|")

@@ -115,9 +115,10 @@ def _constant_bytes(tensor: torch.Tensor) -> tuple[int, int]:
 def _save_constants(constants: list[tuple[str, torch.Tensor]], weights: Path, package: str) -> None:
     """Write ``constants`` into ``weights``: one uint8 array, each constant at an ``ALIGNMENT``
     boundary, and a table (metadata ``"table"``) of its name, place, dtype and shape."""
-    table, offset = [], 0
+    table, sources, offset = [], [], 0
     for name, tensor in constants:
-        _, nbytes = _constant_bytes(tensor)
+        address, nbytes = _constant_bytes(tensor)
+        sources.append(address)
         entry = {"name": name, "offset": offset, "nbytes": nbytes, "dtype": str(tensor.dtype).removeprefix("torch.")}
         entry["sizes"] = list(tensor.shape)
         if tensor.is_mkldnn:
@@ -127,9 +128,8 @@ def _save_constants(constants: list[tuple[str, torch.Tensor]], weights: Path, pa
         table.append(entry)
         offset += -(-nbytes // ALIGNMENT) * ALIGNMENT
     blob = torch.empty(offset, dtype=torch.uint8)
-    for (_, tensor), entry in zip(constants, table):
-        address, nbytes = _constant_bytes(tensor)
-        ctypes.memmove(blob.data_ptr() + entry["offset"], address, nbytes)
+    for address, entry in zip(sources, table):
+        ctypes.memmove(blob.data_ptr() + entry["offset"], address, entry["nbytes"])
     save_file({_BLOB_KEY: blob}, str(weights), metadata={"table": json.dumps(table), "package": package})
 
 

@@ -104,6 +104,21 @@ def sd15_vae(seed: int = 0) -> AutoencoderKL:
     ).eval()
 
 
+def interleaved(steps: dict[str, Callable], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each no-argument ``steps`` callable, run in turn round after round (so the
+    machine's drift hits all alike), after ``warmup`` untimed rounds."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def vae_decode(vae, latent_size: int, rounds: int) -> dict:
     """Median seconds of decoding one image's latents in each VAE precision of the loop,
     configured as the loop configures it (channels-last), interleaved round after round."""
@@ -112,14 +127,11 @@ def vae_decode(vae, latent_size: int, rounds: int) -> dict:
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(1, vae.config.latent_channels, latent_size, latent_size, generator=g)
     decoders = {name: set_vae_precision(copy.deepcopy(vae), name) for name in VAE_PRECISIONS}
-    times: dict[str, list[float]] = {name: [] for name in decoders}
     with torch.inference_mode():
-        for r in range(rounds + 1):  # the first round warms up
-            for name, decoder in decoders.items():
-                start = time.perf_counter()
-                decoder.decode(latents.to(decoder.dtype)).sample.float()
-                if r:
-                    times[name].append(time.perf_counter() - start)
+        times = interleaved(
+            {name: lambda d=decoder: d.decode(latents.to(d.dtype)).sample.float() for name, decoder in decoders.items()},
+            rounds,
+        )
     median = {name: statistics.median(t) for name, t in times.items()}
     return {
         "latent_size": latent_size,
@@ -149,15 +161,7 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
     inputs = random_inputs(unet, 500, seed=100)
     with tempfile.TemporaryDirectory(prefix="mixdiff-bench-") as work, torch.no_grad():
         steps, build = _steps(unet, variants, inputs, Path(work))
-        for _ in range(warmup):
-            for step in steps.values():
-                step()
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(rounds):
-            for name, step in steps.items():
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved(steps, rounds, warmup)
     median = {name: statistics.median(t) for name, t in times.items()}
     base = median.get(BASELINE)
     return {
