@@ -95,7 +95,7 @@ def main() -> None:
     converted, x = quantized_stack(args.channels, args.size, args.blocks)
     bf16 = _BF16(converted)
     steps = {}
-    with torch.no_grad():
+    with torch.no_grad(), tempfile.TemporaryDirectory(prefix="mixdiff-") as tmp:
         torch._inductor.config.freezing = True
         for name, cpp_wrapper in (("torch.compile", False), ("torch.compile cpp_wrapper", True)):
             torch._dynamo.reset()
@@ -104,7 +104,7 @@ def main() -> None:
                 compiled(x)
             steps[name] = lambda compiled=compiled: compiled(x)
         program = torch.export.export(bf16, (x,)).run_decompositions({})
-        work = Path(tempfile.mkdtemp(prefix="mixdiff-"))
+        work = Path(tmp)
         for name, config in (("AOTInductor package", ptq.AOTI_CONFIG), ("AOTInductor, default settings", {"freezing": True})):
             package = torch._inductor.aoti_compile_and_package(
                 program, package_path=str(work / f"block-{len(steps)}.pt2"), inductor_configs=config

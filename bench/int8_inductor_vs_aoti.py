@@ -43,7 +43,7 @@ def main() -> None:
     calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
     converted = ptq.quantize_graph(ptq.export_unet(unet, inputs), ptq.make_quantizer(), calibration)
     steps = {}
-    with torch.no_grad():
+    with torch.no_grad(), tempfile.TemporaryDirectory(prefix="mixdiff-aoti-") as tmp:
         torch._inductor.config.freezing = True
         compiled = torch.compile(converted)
 
@@ -56,7 +56,7 @@ def main() -> None:
         print(f"int8 torch.compile built in {time.perf_counter() - start:.0f} s", flush=True)
         steps["int8-torch.compile"] = inductor
 
-        work = Path(tempfile.mkdtemp(prefix="mixdiff-aoti-"))
+        work = Path(tmp)
         start = time.perf_counter()
         build_package(converted, inputs, work / "unet.pt2", work / "unet.safetensors")
         runner = load_package(work / "unet.pt2", work / "unet.safetensors")

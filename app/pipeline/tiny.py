@@ -29,8 +29,9 @@ _WORDS = "a an the of on in with and photo painting small large red green blue y
 
 
 def clip_tokenizer():
-    """A CLIP tokenizer over a few dozen common caption words, written to a temporary folder."""
-    return write_clip_tokenizer(_WORDS, tempfile.mkdtemp(prefix="mixdiff-tokenizer-"))
+    """A CLIP tokenizer over a few dozen common caption words (written to a temporary folder, loaded, removed)."""
+    with tempfile.TemporaryDirectory(prefix="mixdiff-tokenizer-") as directory:
+        return write_clip_tokenizer(_WORDS, directory)
 
 
 def clip_text_config(
