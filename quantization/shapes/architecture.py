@@ -79,7 +79,7 @@ def unet() -> UNet2DConditionModel:
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(64, 96, 96),
-        layers_per_block=1,
+        layers_per_block=(2, 1, 1),  # two at 16x16, where a shape's edges are drawn
         cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=4,  # diffusers' legacy name: SD 1.x passes the number of heads here
         norm_num_groups=32,
