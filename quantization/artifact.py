@@ -139,7 +139,9 @@ def _strip(package: Path) -> None:
     paths in their compile commands."""
     staged = package.with_name(package.name + ".tmp")
     with PT2ArchiveReader(str(package)) as reader, PT2ArchiveWriter(str(staged)) as writer:
-        _copy_records(reader, writer, skip=lambda name: name.endswith((_BLOB_SUFFIX, ".cpp")))
+        for name in reader.get_file_names():
+            if not name.endswith((_BLOB_SUFFIX, ".cpp")) and not name.startswith(_WRITER_RECORDS):
+                writer.write_bytes(name, reader.read_bytes(name))
     staged.replace(package)
 
 
@@ -159,12 +161,6 @@ def build_package(converted: torch.fx.GraphModule, example: UNetInputs, package:
     """Compile ``converted`` into the AOTInductor ``package`` (code only) and its constants into ``weights``."""
     with constants_apart(package, weights):
         ptq.compile_package(converted, example, str(package))
-
-
-def _copy_records(reader: PT2ArchiveReader, writer: PT2ArchiveWriter, skip=lambda name: False) -> None:
-    for name in reader.get_file_names():
-        if not skip(name) and not name.startswith(_WRITER_RECORDS):
-            writer.write_bytes(name, reader.read_bytes(name))
 
 
 class _Shim:
