@@ -171,8 +171,9 @@ class _Shim:
         self.lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
         for name in ("aoti_torch_device_type_cpu", "aoti_torch_layout__mkldnn"):
             getattr(self.lib, name).restype = ctypes.c_int32
-        ctypes.pythonapi.PyCapsule_New.restype = ctypes.py_object
-        ctypes.pythonapi.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+        # a prototype of its own, so that ctypes.pythonapi.PyCapsule_New stays as others may have set it
+        prototype = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
+        self.capsule_new = prototype(("PyCapsule_New", ctypes.pythonapi))
 
     def mkldnn_tensor(self, address: int, entry: dict) -> torch.Tensor:
         dtype = getattr(self.lib, f"aoti_torch_dtype_{entry['dtype']}")
@@ -189,7 +190,7 @@ class _Shim:
         )  # fmt: skip
         if error:
             raise RuntimeError(f"cannot wrap constant {entry['name']} as a oneDNN tensor")
-        capsule = ctypes.pythonapi.PyCapsule_New(handle.value, None, None)
+        capsule = self.capsule_new(handle.value, None, None)
         return torch._C._aoti.alloc_tensor_by_stealing_from_void_ptr(capsule)
 
 
