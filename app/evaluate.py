@@ -1,7 +1,8 @@
 """Judge precision schedules by the images they make: ``mixdiff eval``.
 
 Every schedule generates the same prompts with the same seeds; the shapes yardstick
-reads each image (prompt accuracy), compares the set with real images of the same
+reads each image (prompt accuracy, and whether it reads as the FP32 image of its seed and
+prompt does: reading agreement), compares the set with real images of the same
 prompts (Fréchet distance on its features), and each image is compared with the FP32
 image of its seed and prompt (PSNR, SSIM). The FP32 schedule always runs: it is the
 reference, and the first row.
@@ -69,6 +70,7 @@ class Row:
     schedule: str
     steps: str  # the resolved schedule, compact: "bf16×5 int8×40 bf16×5"
     accuracy: dict[str, float]  # per attribute and "overall"
+    agreement: float | None  # share of images read exactly as their FP32 image; None for the FP32 row
     frechet: float
     psnr_db: float | None  # mean over images vs the FP32 image; None for the FP32 row
     ssim: float | None
@@ -92,7 +94,7 @@ class Report:
     def to_markdown(self) -> str:
         seen = {a for row in self.rows for a in row.accuracy}
         attributes = [a for a in ATTRIBUTES if a in seen]
-        head = ["schedule", "steps", "overall", *attributes, "Fréchet", "PSNR dB", "SSIM", "s/image"]
+        head = ["schedule", "steps", "overall", *attributes, "read as FP32", "Fréchet", "PSNR dB", "SSIM", "s/image"]
         lines = [
             f"Model `{self.model}`: {self.n} prompts, {self.steps} steps of {self.scheduler}, guidance "
             f"{self.guidance_scale}, seeds {self.seed}..{self.seed + self.n - 1}, prompt seed {self.prompt_seed}.",
@@ -106,6 +108,7 @@ class Report:
                 row.steps,
                 f"{row.accuracy['overall']:.1%}",
                 *(f"{row.accuracy[a]:.1%}" if a in row.accuracy else "–" for a in attributes),
+                "ref" if row.agreement is None else f"{row.agreement:.1%}",
                 f"{row.frechet:.2f}",
                 "ref" if row.psnr_db is None else f"{row.psnr_db:.2f}",
                 "ref" if row.ssim is None else f"{row.ssim:.4f}",
@@ -147,6 +150,7 @@ def evaluate(
 
     report = Report(pipeline.info.name, n, steps, guidance_scale, scheduler, seed, prompt_seed)
     images: dict[str, np.ndarray] = {}
+    readings: dict[str, dict[str, list[str]]] = {}
     for label, schedule in resolved:
         generated, start = [], time.perf_counter()
         for i, prompt in enumerate(prompts):
@@ -166,13 +170,15 @@ def evaluate(
         seconds = (time.perf_counter() - start) / n
         batch = np.stack(generated)
         images[label] = batch
+        readings[label] = yardstick.read(classifier, batch)
         reference = images[REFERENCE]
         is_reference = label == REFERENCE
         report.rows.append(
             Row(
                 schedule=label,
                 steps=describe(schedule),
-                accuracy=metrics.prompt_accuracy([p.named for p in prompts], yardstick.read(classifier, batch)),
+                accuracy=metrics.prompt_accuracy([p.named for p in prompts], readings[label]),
+                agreement=None if is_reference else metrics.reading_agreement(readings[label], readings[REFERENCE]),
                 frechet=metrics.frechet_distance(yardstick.features(classifier, batch), real_features),
                 psnr_db=None if is_reference else _mean([metrics.psnr(a, b) for a, b in zip(batch, reference)]),
                 ssim=None if is_reference else _mean([metrics.ssim(a, b) for a, b in zip(batch, reference)]),

@@ -2,6 +2,9 @@
 
 * prompt accuracy: the share of images in which the classifier reads each attribute the
   prompt named, and all of them at once (an attribute the prompt left out is not judged);
+* reading agreement: the share of images the classifier reads exactly as it reads their
+  reference (the FP32 image of the same seed and prompt), every attribute: fidelity to
+  the FP32 model at the level of what images show, paired image by image;
 * Fréchet distance between two image sets on the classifier's penultimate features (an
   FID whose features were trained on this data set, so it sees what matters here);
 * PSNR and SSIM of an image against a reference (the FP32 image of the same seed and prompt).
@@ -32,6 +35,17 @@ def prompt_accuracy(named: Sequence[Mapping[str, str]], read: Mapping[str, Seque
     result = {name: float(np.mean(ok)) for name, ok in sorted(hits.items())}
     result["overall"] = float(np.mean(overall))
     return result
+
+
+def reading_agreement(read: Mapping[str, Sequence[str]], reference: Mapping[str, Sequence[str]]) -> float:
+    """The share of images whose every reading (shape, color, ...) equals their reference image's."""
+    if set(read) != set(reference) or len({len(v) for v in (*read.values(), *reference.values())}) != 1:
+        raise ValueError("readings and reference must name the same attributes, for the same number of images")
+    n = len(next(iter(read.values())))
+    if n == 0:
+        raise ValueError("reading agreement needs at least one image")
+    same = [all(read[name][i] == reference[name][i] for name in read) for i in range(n)]
+    return float(np.mean(same))
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -31,6 +31,7 @@ def test_eval_writes_one_row_per_schedule(tmp_path, capsys, model_dir):
     fp32, bf16, _ = report["rows"]
     assert fp32["psnr_db"] is None and 20 < bf16["psnr_db"] and 0.5 < bf16["ssim"] <= 1.0
     assert set(fp32["accuracy"]) >= {"shape", "color", "overall"}
+    assert fp32["agreement"] is None and 0.0 <= bf16["agreement"] <= 1.0
     assert "| bf16 |" in (out / "eval.md").read_text()
     assert (tmp_path / "grid.png").stat().st_size > 0
 

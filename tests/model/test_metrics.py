@@ -43,3 +43,12 @@ def test_prompt_accuracy_judges_only_named_attributes():
         "shape": 1.0,
         "overall": 0.5,
     }
+
+
+def test_reading_agreement_counts_images_read_alike_in_every_attribute():
+    reference = {"shape": ["circle", "star", "square"], "color": ["red", "blue", "green"]}
+    read = {"shape": ["circle", "star", "circle"], "color": ["red", "green", "green"]}
+    assert metrics.reading_agreement(read, reference) == pytest.approx(1 / 3)
+    assert metrics.reading_agreement(reference, reference) == 1.0
+    with pytest.raises(ValueError, match="same attributes"):
+        metrics.reading_agreement({"shape": ["circle"]}, reference)
