@@ -29,6 +29,7 @@ async def list_models(request: Request) -> dict:
                 "prediction_type": info["prediction_type"],
                 "max_prompt_tokens": info["max_prompt_tokens"],
                 "vae_precision": info["vae_precision"],
+                "defaults": info["defaults"],
                 "parameters": info["parameters"],
                 "precisions": model.precisions,
                 "artifacts": info["artifacts"],

@@ -19,8 +19,14 @@ class GenerationFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     negative_prompt: str | None = Field(None, description="what the image should not show (classifier-free guidance)")
-    steps: int = Field(30, ge=1, description="denoising steps (at most the server's max_steps)")
-    guidance_scale: float = Field(7.5, ge=0.0, le=50.0, description="classifier-free guidance; 1 or less turns it off")
+    steps: int | None = Field(
+        None, ge=1, description="denoising steps (at most the server's max_steps); default: the model's, "
+        "as GET /v1/models lists it (30 unless the model folder says otherwise)"
+    )
+    guidance_scale: float | None = Field(
+        None, ge=0.0, le=50.0, description="classifier-free guidance; 1 or less turns it off. Default: the "
+        "model's, as GET /v1/models lists it (7.5 unless the model folder says otherwise)"
+    )
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="random seed; the same seed gives the same image. Random when absent"
     )

@@ -32,8 +32,13 @@ def to_job(
 ) -> tuple[GenerationParams, list[str]]:
     """Check ``fields`` (a ``GenerationFields``) with the size against settings and model."""
     width, height = _size("width", width, settings, model), _size("height", height, settings, model)
-    if fields.steps > settings.max_steps:
+    defaults = model.info["defaults"]
+    if fields.steps is None:  # the model's own, brought within the configured bound
+        steps = min(int(defaults["steps"]), settings.max_steps)
+    elif fields.steps > settings.max_steps:
         raise InvalidRequest(f"steps must be at most {settings.max_steps}, got {fields.steps}", param="steps")
+    else:
+        steps = fields.steps
     if fields.n > settings.max_images:
         raise InvalidRequest(f"n must be at most {settings.max_images}, got {fields.n}", param="n")
     scheduler = fields.scheduler or settings.default_scheduler
@@ -43,7 +48,7 @@ def to_job(
         )
     spec = fields.precision if fields.precision is not None else settings.default_precision
     try:
-        schedule = resolve(spec, fields.steps, model.precisions)
+        schedule = resolve(spec, steps, model.precisions)
     except InvalidRequest as exc:
         unavailable = model.info.get("unavailable", {})
         why = [f"{name}: {reason}" for name, reason in unavailable.items() if repr(name) in exc.message]
@@ -55,8 +60,8 @@ def to_job(
         negative_prompt=fields.negative_prompt,
         width=width,
         height=height,
-        steps=fields.steps,
-        guidance_scale=fields.guidance_scale,
+        steps=steps,
+        guidance_scale=float(defaults["guidance_scale"]) if fields.guidance_scale is None else fields.guidance_scale,
         seed=fields.seed if fields.seed is not None else secrets.randbelow(2**32),
         n=fields.n,
         scheduler=scheduler,

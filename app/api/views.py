@@ -9,7 +9,8 @@ from app.engine.jobs import Job
 
 
 def job_view(job: Job, *, images: bool = True) -> dict:
-    """Everything known about ``job``: status, schedule, per-step records, timings, and
+    """Everything known about ``job``: what it runs with (seed, size, guidance, scheduler, the
+    precision schedule), per-step records, timings, and
     (when completed) the images as base64 PNGs, or (when failed) the error."""
     result = job.result
     view = {
@@ -22,6 +23,8 @@ def job_view(job: Job, *, images: bool = True) -> dict:
         "seed": job.params.seed,
         "width": job.params.width,
         "height": job.params.height,
+        "guidance_scale": job.params.guidance_scale,
+        "scheduler": job.params.scheduler,
         "schedule": job.schedule,
         "steps_done": len(job.steps),
         "steps_total": job.params.steps,

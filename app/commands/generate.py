@@ -23,10 +23,12 @@ def register(subparsers) -> None:
         help='a precision name, or a JSON schedule: \'{"high": "bf16", "low": "int8", "first": 5, "last": 5}\' '
         "or a list with one precision per step",
     )
-    parser.add_argument("--steps", type=at_least(1), default=30)
+    parser.add_argument("--steps", type=at_least(1), default=None, help="default: the model's (30 unless its "
+                        "folder's mixdiff.json says otherwise)")
     parser.add_argument("--width", type=int, default=None, help="pixels; default: the model's size")
     parser.add_argument("--height", type=int, default=None, help="pixels; default: the model's size")
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--guidance-scale", type=float, default=None, help="default: the model's (7.5 unless its "
+                        "folder's mixdiff.json says otherwise)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scheduler", default="ddim")
     parser.add_argument(
@@ -72,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
         available = ", ".join(pipeline.schedulers)
         print(f"mixdiff generate: unknown scheduler {args.scheduler!r}; available: {available}", file=sys.stderr)
         return 2
+    steps = pipeline.info.defaults["steps"] if args.steps is None else args.steps
+    guidance = pipeline.info.defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
     try:
-        schedule = resolve(spec, args.steps, pipeline.precisions)
+        schedule = resolve(spec, steps, pipeline.precisions)
     except MixdiffError as exc:
         reasons = "".join(f"\n  {name}: {reason}" for name, reason in pipeline.info.unavailable.items())
         print(f"mixdiff generate: {exc.message}{reasons}", file=sys.stderr)
@@ -83,12 +87,12 @@ def run(args: argparse.Namespace) -> int:
         negative_prompt=args.negative_prompt,
         width=args.width,
         height=args.height,
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
+        steps=steps,
+        guidance_scale=guidance,
         seed=args.seed,
         scheduler=args.scheduler,
     )
-    print(f"{pipeline.info.name}: {args.steps} steps, schedule {describe(schedule)}")
+    print(f"{pipeline.info.name}: {steps} steps, guidance {guidance}, schedule {describe(schedule)}")
     def on_step(step) -> None:
         print(f"step {step.index:3d}  {step.precision:>6}  {step.seconds:.3f} s", flush=True)
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from app.pipeline.tiny import build_tiny_pipeline
+from app.pipeline.types import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from app.settings import TINY_MODEL, model_folder
 
 log = logging.getLogger(__name__)
 
 _FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
+#: A model folder's own mixdiff file: ``{"defaults": {"steps": 50, "guidance_scale": 5.0}}``.
+SETTINGS_FILE = "mixdiff.json"
 
 
 class ModelLoadError(RuntimeError):
@@ -45,3 +49,27 @@ def load_diffusers_pipeline(model: str):
     pipe = cls.from_pretrained(path, local_files_only=True, dtype=torch.float32, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe, family, path
+
+
+def generation_defaults(path: Path | None) -> dict[str, int | float]:
+    """The steps and guidance scale of a request that names neither: the ``"defaults"`` of the
+    folder's ``mixdiff.json`` where it has one, mixdiff's own (30 steps, guidance 7.5) otherwise.
+
+    A model whose images want another guidance (a small or distilled one) says so there.
+    """
+    defaults: dict[str, int | float] = {"steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE_SCALE}
+    file = None if path is None else path / SETTINGS_FILE
+    if file is None or not file.is_file():
+        return defaults
+    try:
+        given = json.loads(file.read_text())["defaults"]
+    except (ValueError, KeyError, TypeError):
+        raise ModelLoadError(f'{file} must be JSON of the form {{"defaults": {{"steps": 30, "guidance_scale": 7.5}}}}')
+    if not isinstance(given, dict) or set(given) - set(defaults):
+        raise ModelLoadError(f"{file}: defaults may set only {', '.join(defaults)}")
+    steps, guidance = given.get("steps", DEFAULT_STEPS), given.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ModelLoadError(f"{file}: steps must be a whole number of at least 1, got {steps!r}")
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 0 <= guidance <= 50:
+        raise ModelLoadError(f"{file}: guidance_scale must be a number from 0 to 50, got {guidance!r}")
+    return {"steps": steps, "guidance_scale": float(guidance)}

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from app.errors import InvalidRequest
-from app.pipeline.loader import load_diffusers_pipeline
+from app.pipeline.loader import generation_defaults, load_diffusers_pipeline
 from app.pipeline.schedulers import available, make_scheduler
 from app.pipeline.types import GenerationParams, GenerationResult, StepCallback, StepRecord, UNetVariant
 from app.pipeline.variants import build_variants
@@ -43,6 +43,7 @@ class ModelInfo:
     prediction_type: str  # "epsilon" or "v_prediction"
     max_prompt_tokens: int
     vae_precision: str  # "fp32" or "bf16"
+    defaults: dict[str, int | float]  # steps and guidance_scale of a request that names neither
     parameters: dict[str, int] = field(default_factory=dict)  # component -> parameter count
     artifacts: dict[str, dict] = field(default_factory=dict)  # int8 variant -> manifest summary
     unavailable: dict[str, str] = field(default_factory=dict)  # precision -> why it is not offered
@@ -84,6 +85,7 @@ class MixedPrecisionPipeline:
             prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
             max_prompt_tokens=pipe.tokenizer.model_max_length,
             vae_precision=vae_precision,
+            defaults=generation_defaults(path),
             parameters={
                 name: sum(p.numel() for p in module.parameters())
                 for name, module in pipe.components.items()

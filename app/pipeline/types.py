@@ -11,14 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
+#: What a request that names neither gets, unless the model folder's ``mixdiff.json`` says otherwise.
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE_SCALE = 7.5
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     prompt: str
     negative_prompt: str | None = None
     width: int | None = None  # pixels; None: the model's default size
     height: int | None = None
-    steps: int = 30
-    guidance_scale: float = 7.5
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     seed: int = 0
     n: int = 1
     scheduler: str = "ddim"

@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler
 from PIL import Image
 
 from app.errors import InvalidRequest
-from app.pipeline.loader import ModelLoadError
+from app.pipeline.loader import SETTINGS_FILE, ModelLoadError, generation_defaults
 from app.pipeline.loop import MixedPrecisionPipeline
 from app.pipeline.schedulers import SCHEDULERS, make_scheduler
 from app.pipeline.tiny import build_tiny_pipeline
@@ -109,6 +109,7 @@ def test_pipeline_folder_loads_offline_and_int8_without_artifact_says_why(tmp_pa
     assert model.precisions == ["bf16"]
     assert model.schedulers == list(SCHEDULERS)
     assert model.info.path == str(tmp_path / "model") and model.info.default_size == 64
+    assert model.info.defaults == {"steps": 30, "guidance_scale": 7.5}  # no mixdiff.json: mixdiff's own
     assert "mixdiff quantize ptq" in model.info.unavailable["int8"]
     assert "unknown precision 'fp16'" in model.info.unavailable["fp16"]
     assert len(model.generate(GenerationParams(prompt="a cat", steps=1), ["bf16"]).images) == 1
@@ -173,3 +174,22 @@ def test_bf16_vae_decodes_the_same_latents_to_nearly_the_same_image(tiny):
     assert np.abs(fp32 - bf16).mean() < 0.2 * np.abs(fp32 - other).mean()
     with pytest.raises(ValueError, match="unknown VAE precision 'fp16'"):
         MixedPrecisionPipeline.from_pipe(build_tiny_pipeline("sd"), "sd", ["fp32"], vae_precision="fp16")
+
+
+def test_a_model_folder_may_set_its_own_steps_and_guidance(tmp_path):
+    file = tmp_path / SETTINGS_FILE
+    assert generation_defaults(tmp_path) == generation_defaults(None) == {"steps": 30, "guidance_scale": 7.5}
+    file.write_text(json.dumps({"defaults": {"guidance_scale": 5}}))
+    assert generation_defaults(tmp_path) == {"steps": 30, "guidance_scale": 5.0}
+    file.write_text(json.dumps({"defaults": {"steps": 4, "guidance_scale": 0}}))
+    assert generation_defaults(tmp_path) == {"steps": 4, "guidance_scale": 0.0}
+    for bad, message in [
+        ("{", "must be JSON of the form"),
+        (json.dumps({"guidance_scale": 5}), "must be JSON of the form"),
+        (json.dumps({"defaults": {"scheduler": "ddim"}}), "may set only steps, guidance_scale"),
+        (json.dumps({"defaults": {"steps": 2.5}}), "steps must be a whole number"),
+        (json.dumps({"defaults": {"guidance_scale": 60}}), "guidance_scale must be a number from 0 to 50"),
+    ]:
+        file.write_text(bad)
+        with pytest.raises(ModelLoadError, match=message):
+            generation_defaults(tmp_path)
