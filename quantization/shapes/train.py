@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--text-steps", type=int, default=1000, help="text encoder pretraining steps")
         p.add_argument("--text-batch", type=int, default=128)
         p.add_argument("--text-lr", type=float, default=1e-3)
-        p.add_argument("--steps", type=int, default=6000, help="denoiser optimizer steps")
+        p.add_argument("--steps", type=int, default=9000, help="denoiser optimizer steps")
         p.add_argument("--batch", type=int, default=32)
         p.add_argument("--lr", type=float, default=8e-4)
         p.add_argument("--warmup", type=int, default=200)
