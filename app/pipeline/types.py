@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-
 #: What a request that names neither gets, unless the model folder's ``mixdiff.json`` says otherwise.
 DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE_SCALE = 7.5
