@@ -34,7 +34,7 @@ def to_job(
     width, height = _size("width", width, settings, model), _size("height", height, settings, model)
     defaults = model.info["defaults"]
     if fields.steps is None:  # the model's own, brought within the configured bound
-        steps = min(int(defaults["steps"]), settings.max_steps)
+        steps = min(defaults["steps"], settings.max_steps)
     elif fields.steps > settings.max_steps:
         raise InvalidRequest(f"steps must be at most {settings.max_steps}, got {fields.steps}", param="steps")
     else:
@@ -61,7 +61,7 @@ def to_job(
         width=width,
         height=height,
         steps=steps,
-        guidance_scale=float(defaults["guidance_scale"]) if fields.guidance_scale is None else fields.guidance_scale,
+        guidance_scale=defaults["guidance_scale"] if fields.guidance_scale is None else fields.guidance_scale,
         seed=fields.seed if fields.seed is not None else secrets.randbelow(2**32),
         n=fields.n,
         scheduler=scheduler,

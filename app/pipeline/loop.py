@@ -75,6 +75,7 @@ class MixedPrecisionPipeline:
         vae_precision: str = "fp32",
     ) -> MixedPrecisionPipeline:
         """Wrap a diffusers pipeline already in memory; ``path`` is where its int8 artifacts live."""
+        defaults = generation_defaults(path)  # a bad mixdiff.json fails before minutes of compiling
         set_vae_precision(pipe.vae, vae_precision)
         variants, unavailable = build_variants(pipe, precisions, compile=compile, model_dir=path)
         info = ModelInfo(
@@ -85,7 +86,7 @@ class MixedPrecisionPipeline:
             prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
             max_prompt_tokens=pipe.tokenizer.model_max_length,
             vae_precision=vae_precision,
-            defaults=generation_defaults(path),
+            defaults=defaults,
             parameters={
                 name: sum(p.numel() for p in module.parameters())
                 for name, module in pipe.components.items()
