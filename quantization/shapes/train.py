@@ -7,13 +7,19 @@ The recipe, in order (every number is a flag; the defaults are the shipped model
    decoder fine-tuned on the frozen encoder's posterior samples (the latent space does
    not move), as SD's ft-MSE decoder was made;
 2. ``denoiser``: the latents of a fixed pool of data-set images, encoded once by that VAE;
-   the UNet and the text encoder together, on the v-prediction denoising loss (SD 2.x's,
+   the text encoder first, alone, taught to carry every attribute a caption names, then
+   frozen; the UNet on its features, on the v-prediction denoising loss (SD 2.x's,
    min-SNR weighted) over SD's noise schedule rescaled to zero terminal SNR, a caption
    form drawn afresh for every sample and dropped for 10% of them so that
-   classifier-free guidance works; EMA of both; then the diffusers folder (safetensors)
-   with a DDIM sampler over the same schedule, starting at its last timestep.
+   classifier-free guidance works; EMA of the UNet; then the diffusers folder
+   (safetensors) with a DDIM sampler over the same schedule, starting at its last timestep.
 
-``pipeline`` runs both. Training runs under bf16 autocast with fp32 master weights (AMX
+``denoiser --init DIR`` continues a trained pipeline instead: its UNet trains on (a fresh
+warm-up and cosine decay, usually at a lower rate and another seed) and its text encoder
+is kept as it is. The shipped UNet is stage 2 continued this way (the model card gives the
+commands).
+
+``pipeline`` runs both stages. Training runs under bf16 autocast with fp32 master weights (AMX
 makes bf16 about 3x faster on Xeon CPUs); every random draw comes from the seeds below.
 The yardstick classifier has its own subcommand: ``python -m quantization.shapes.train yardstick``.
 """
@@ -351,8 +357,10 @@ def vae_command(args) -> int:
 
 
 def denoiser_command(args) -> int:
-    """Stage 2: the UNet and text encoder on the latents of the VAE in ``--vae``; the diffusers folder."""
-    from diffusers import AutoencoderKL
+    """Stage 2: the text encoder, then the UNet on the latents of the VAE in ``--vae``; the diffusers folder.
+    With ``--init``, the UNet of that folder trains on and its text encoder is kept."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     device, log, work = _start(args)
     vae = AutoencoderKL.from_pretrained(args.vae, local_files_only=True).to(device).eval()
@@ -371,14 +379,24 @@ def denoiser_command(args) -> int:
     pool_seconds = time.time() - t0
 
     t1 = time.time()
-    text_encoder = architecture.text_encoder(tok).to(device)
     tokens = _Tokens(tok, device)
-    text_accuracy = pretrain_text_encoder(text_encoder, tokens, args, device, log)
-    text_seconds = time.time() - t1
-    print(f"text encoder reads {100 * text_accuracy:.1f}% of held-out captions entirely right", flush=True)
+    text = {}
+    if args.init:
+        # Continuing: the UNet learned this text encoder's features, so it is kept as it is.
+        text_encoder = CLIPTextModel.from_pretrained(Path(args.init) / "text_encoder", local_files_only=True)
+        text_encoder.to(device).eval().requires_grad_(False)
+    else:
+        text_encoder = architecture.text_encoder(tok).to(device)
+        text["text_accuracy"] = pretrain_text_encoder(text_encoder, tokens, args, device, log)
+        text["text_seconds"] = time.time() - t1
+        print(f"text encoder reads {100 * text['text_accuracy']:.1f}% of held-out captions entirely right", flush=True)
 
     t2 = time.time()
-    unet = architecture.unet().to(device)
+    unet = architecture.unet()
+    if args.init:
+        trained = UNet2DConditionModel.from_pretrained(Path(args.init) / "unet", local_files_only=True)
+        unet.load_state_dict(trained.state_dict())
+    unet.to(device)
     _math_attention(unet)
 
     def checkpoint(ema_unet) -> None:
@@ -392,8 +410,7 @@ def denoiser_command(args) -> int:
         work / "denoiser-summary.json",
         args,
         pool_seconds=pool_seconds,
-        text_seconds=text_seconds,
-        text_accuracy=text_accuracy,
+        **text,
         denoiser_seconds=denoiser_seconds,
     )
     return 0
@@ -439,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def denoiser_flags(p) -> None:
         p.add_argument("--out", default="models/mixdiff-shapes", help="diffusers folder to write")
+        p.add_argument(
+            "--init",
+            default=None,
+            help="continue from this pipeline folder: its UNet trains on, its text encoder is kept as it is "
+            "(--vae must be the VAE it was trained with)",
+        )
         p.add_argument("--pool", type=int, default=40000, help="data-set images whose latents the denoiser trains on")
         p.add_argument("--text-steps", type=int, default=1000, help="text encoder pretraining steps")
         p.add_argument("--text-batch", type=int, default=128)
