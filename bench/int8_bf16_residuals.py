@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +25,8 @@ from pathlib import Path
 import torch
 
 from app.pipeline.variants import EagerUNet
-from quantization import ptq
 from quantization.artifact import build_package, load_package
-from quantization.bench import interleaved, random_inputs, sd15_unet
+from quantization.bench import int8_graph, interleaved, random_inputs, ratio_table, sd15_unet
 
 DEQUANTIZE = (
     torch.ops.quantized_decomposed.dequantize_per_tensor.default,
@@ -68,8 +66,7 @@ def main() -> None:
     unet = sd15_unet()
     inputs = random_inputs(unet, 500, seed=100)
     step_args = inputs.args()
-    calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
-    converted = ptq.quantize_graph(ptq.export_unet(unet, inputs), ptq.make_quantizer(), calibration)
+    converted = int8_graph(unet, inputs)
     cast, casts = bf16_residuals(converted)
     print(f"{casts} dequantized residuals cast to BF16", flush=True)
     with torch.no_grad():
@@ -89,10 +86,7 @@ def main() -> None:
         errors["bf16-compiled"] = _rel_mse(bf16(*step_args), reference)
         steps["bf16-compiled"] = lambda: bf16(*step_args)
         times = interleaved(steps, args.rounds)
-    base = statistics.median(times["bf16-compiled"])
-    print(f"\n| variant | step (s, median of {args.rounds}) | vs bf16-compiled | rel. MSE vs FP32 |\n|---|---|---|---|")
-    for name, t in times.items():
-        print(f"| {name} | {statistics.median(t):.3f} | {statistics.median(t) / base:.2f}x | {errors[name]:.2e} |")
+    print("\n" + ratio_table(times, {"rel. MSE vs FP32": {name: f"{e:.2e}" for name, e in errors.items()}}))
 
 
 if __name__ == "__main__":

@@ -49,8 +49,7 @@ def main() -> None:
         torch.randn(ptq.BATCH, args.tokens, config.cross_attention_dim),
     )
     converted = ptq.quantize_graph(ptq.export_unet(unet, example), ptq.make_quantizer(), [example])
-    with torch.no_grad():
-        graph = torch.export.export(ptq._BF16(converted), example.args()).run_decompositions({}).graph_module.graph
+    graph = ptq.export_bf16(converted, example).graph_module.graph
 
     census, feeders = collections.Counter(), collections.Counter()
     for node in graph.nodes:

@@ -18,7 +18,6 @@ compiled. Run it as the server's workers run (``GLIBC_TUNABLES=glibc.malloc.huge
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +25,8 @@ from pathlib import Path
 import torch
 
 from app.pipeline.variants import EagerUNet
-from quantization import ptq
 from quantization.artifact import build_package, load_package
-from quantization.bench import interleaved, random_inputs, sd15_unet
+from quantization.bench import int8_graph, interleaved, random_inputs, ratio_table, sd15_unet
 
 
 def main() -> None:
@@ -40,8 +38,7 @@ def main() -> None:
     unet = sd15_unet()
     inputs = random_inputs(unet, 500, seed=100)
     step_args = inputs.args()
-    calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
-    converted = ptq.quantize_graph(ptq.export_unet(unet, inputs), ptq.make_quantizer(), calibration)
+    converted = int8_graph(unet, inputs)
     steps = {}
     with torch.no_grad(), tempfile.TemporaryDirectory(prefix="mixdiff-aoti-") as tmp:
         torch._inductor.config.freezing = True
@@ -72,10 +69,7 @@ def main() -> None:
             print("MARK", flush=True)
             with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
                 steps[args.onednn_verbose]()
-    base = statistics.median(times["bf16-compiled"])
-    print(f"\n| variant | step (s, median of {args.rounds}) | vs bf16-compiled |\n|---|---|---|")
-    for name, t in times.items():
-        print(f"| {name} | {statistics.median(t):.3f} | {statistics.median(t) / base:.2f}x |")
+    print("\n" + ratio_table(times))
 
 
 if __name__ == "__main__":

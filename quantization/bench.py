@@ -59,6 +59,13 @@ def random_inputs(unet, t: float, seed: int, batch: int = 2) -> UNetInputs:
     )
 
 
+def int8_graph(unet, inputs: UNetInputs) -> torch.fx.GraphModule:
+    """``unet`` quantized as ``mixdiff bench`` quantizes it: calibrated on random inputs at six
+    timesteps spread over the schedule, ready for ``build_package``."""
+    calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
+    return ptq.quantize_graph(ptq.export_unet(unet, inputs), ptq.make_quantizer(), calibration)
+
+
 def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Callable], dict]:
     """A no-argument callable per variant running one step, and what building each cost.
     FP32 and BF16 are the server's own ``EagerUNet`` variants (FP32 is ``unet`` itself)."""
@@ -74,8 +81,7 @@ def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Ca
             variant(*args)  # the first call compiles
             steps[name] = lambda v=variant: v(*args)
         elif name == "int8-compiled":
-            calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
-            converted = ptq.quantize_graph(ptq.export_unet(unet, inputs), ptq.make_quantizer(), calibration)
+            converted = int8_graph(unet, inputs)
             package, weights = work / "int8.pt2", work / "int8.safetensors"
             build_package(converted, inputs, package, weights)
             built = time.perf_counter()
@@ -140,6 +146,23 @@ def vae_decode(vae, latent_size: int, rounds: int) -> dict:
             name: {"median_seconds": round(m, 3), "vs_fp32": round(m / median["fp32"], 3)} for name, m in median.items()
         },
     }
+
+
+def ratio_table(times: dict[str, list[float]], columns: dict[str, dict[str, str]] | None = None) -> str:
+    """Markdown: each variant's median step and its ratio to ``BASELINE``'s, plus ``columns``
+    (header -> variant -> cell)."""
+    columns = columns or {}
+    base = statistics.median(times[BASELINE])
+    rounds = len(next(iter(times.values())))
+    extra = "".join(f" {header} |" for header in columns)
+    lines = [
+        f"| variant | step (s, median of {rounds}) | vs {BASELINE} |{extra}",
+        "|---|---|---|" + "---|" * len(columns),
+    ]
+    for name, t in times.items():
+        cells = "".join(f" {column[name]} |" for column in columns.values())
+        lines.append(f"| {name} | {statistics.median(t):.3f} | {statistics.median(t) / base:.2f}x |{cells}")
+    return "\n".join(lines)
 
 
 def time_embedding_share(unet, inputs: UNetInputs, rounds: int = 20) -> float:

@@ -163,11 +163,17 @@ def run_bf16(converted: torch.fx.GraphModule, inputs: UNetInputs) -> torch.Tenso
         return run_in_batches(_BF16(converted), inputs.args())
 
 
-def compile_package(converted: torch.fx.GraphModule, example: UNetInputs, package_path: str) -> str:
-    """Export the converted graph with BF16 casts and compile it to an AOTInductor package."""
+def export_bf16(converted: torch.fx.GraphModule, example: UNetInputs) -> torch.export.ExportedProgram:
+    """The converted graph exported under BF16 autocast, its casts recorded: what is compiled."""
     with torch.no_grad():
         program = torch.export.export(_BF16(converted), _example(example))
-        program = program.run_decompositions({})  # inline the autocast region, keep aten ops whole
+        return program.run_decompositions({})  # inline the autocast region, keep aten ops whole
+
+
+def compile_package(converted: torch.fx.GraphModule, example: UNetInputs, package_path: str) -> str:
+    """Export the converted graph with BF16 casts and compile it to an AOTInductor package."""
+    program = export_bf16(converted, example)
+    with torch.no_grad():
         return torch._inductor.aoti_compile_and_package(program, package_path=package_path, inductor_configs=AOTI_CONFIG)
 
 
