@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         print(f"mixdiff bench: --rounds must be at least 1, got {args.rounds}", file=sys.stderr)
         return 2
-    environ = malloc.with_huge_pages(dict(os.environ))
+    environ = malloc.with_tunables(dict(os.environ))
     if environ is not None:  # glibc reads it at start-up: measure the way the server's workers run
         return subprocess.call([sys.executable, "-m", "app.cli", *args.argv], env=environ)
     from quantization import bench

@@ -1,33 +1,65 @@
-"""glibc's malloc tunable that backs large allocations with transparent huge pages.
+"""glibc malloc tunables for processes that run UNet steps.
 
-A UNet step allocates activations of tens of MB and frees them again; glibc serves
-each from fresh ``mmap``ed memory, faulted in 4 KB page by 4 KB page. With
-``glibc.malloc.hugetlb=1`` (glibc 2.35 and later) those mappings are advised to use
-transparent huge pages, 512 times fewer faults. On SD 1.5 at 512x512 that made a
-compiled BF16 step 8% and an INT8 step 15% faster (docs/QUANTIZATION.md). glibc
-reads ``GLIBC_TUNABLES`` once, when a process starts, so it is set for processes yet
-to start: the server's workers, or the command itself run again. Where
-``GLIBC_TUNABLES`` already names ``glibc.malloc.hugetlb`` (``=0`` to opt out), it is
-left alone; other C libraries and kernels without THP ignore it.
+A UNet step allocates activations of megabytes to tens of megabytes and frees them
+again, step after step. glibc's defaults serve such blocks from fresh ``mmap``ed memory
+and hand them back to the kernel when freed, so every step has the kernel zero and
+fault in the same memory again, 4 KB page by 4 KB page. Three tunables change that:
+
+- ``glibc.malloc.hugetlb=1`` (glibc 2.35 and later): what is mapped is advised to use
+  transparent huge pages, 512 times fewer faults.
+- ``glibc.malloc.mmap_threshold`` at its maximum, 32 MiB: blocks up to that size come
+  from the heap instead of their own mappings (at 512x512 in SD 1.5 nearly all do).
+- ``glibc.malloc.trim_threshold`` 1 GiB: up to that much freed memory at the top of the
+  heap is kept for the next step rather than returned; what a larger burst (a VAE
+  decode) frees beyond it still goes back.
+
+On SD 1.5 at 512x512, huge pages alone made a compiled BF16 step 8% and an INT8 step 15%
+faster; keeping the memory took the kernel's page clearing from 7% of an INT8 step to
+0.1% (docs/QUANTIZATION.md, ``bench/malloc_tunables.py``). glibc reads ``GLIBC_TUNABLES``
+once, when a process starts, so they are set for processes yet to start: the server's
+workers, or the command itself run again. A tunable ``GLIBC_TUNABLES`` already names
+is left as it is; other C libraries (jemalloc in the image) ignore them all.
+
+Memory freed in the middle of the heap is never returned by ``free`` alone, so a
+process that allocates unevenly (a build, a worker between requests of different
+sizes) would keep its high-water mark. ``release`` (glibc's ``malloc_trim``) hands
+every free page back: the workers call it after each job, the benches after each
+build. The pages kept for the steps of a job are then faulted in once per job, not
+once per step.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 
-TUNABLE = "glibc.malloc.hugetlb"
+TUNABLES = {
+    "glibc.malloc.hugetlb": "1",
+    "glibc.malloc.mmap_threshold": str(32 << 20),
+    "glibc.malloc.trim_threshold": str(1 << 30),
+}
 
 
-def with_huge_pages(environ: dict[str, str]) -> dict[str, str] | None:
-    """``environ`` with the tunable added, or ``None`` where it already has its say."""
+def with_tunables(environ: dict[str, str]) -> dict[str, str] | None:
+    """``environ`` with the tunables it does not name yet added, or ``None`` where it names them all."""
     tunables = environ.get("GLIBC_TUNABLES", "")
-    if TUNABLE in tunables:
+    named = {item.split("=", 1)[0] for item in tunables.split(":")}
+    missing = [f"{name}={value}" for name, value in TUNABLES.items() if name not in named]
+    if not missing:
         return None
-    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, f"{TUNABLE}=1"]))}
+    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, *missing]))}
 
 
 def for_children() -> None:
-    """Processes started from now on (the spawned workers) use huge pages."""
-    environ = with_huge_pages(dict(os.environ))
+    """Processes started from now on (the spawned workers) use the tunables."""
+    environ = with_tunables(dict(os.environ))
     if environ is not None:
         os.environ["GLIBC_TUNABLES"] = environ["GLIBC_TUNABLES"]
+
+
+def release() -> None:
+    """Return the heap's free pages to the kernel (glibc's ``malloc_trim(0)``); nothing
+    where the C library has no such function."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)

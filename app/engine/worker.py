@@ -18,6 +18,7 @@ import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 
+from app.engine import malloc
 from app.engine.messages import STOP, Done, Failed, Ready, RunJob, StartFailed, Step
 from app.errors import Cancelled, MixdiffError, Timeout
 from app.settings import Settings
@@ -62,12 +63,14 @@ def main(index: int, cores: list[int], settings: Settings, conn: Connection, can
         log.error("loading %s failed:\n%s", settings.model, traceback.format_exc())
         conn.send(StartFailed(f"worker {index} could not load model {settings.model!r}: {type(exc).__name__}: {exc}"))
         return
+    malloc.release()  # what loading and warming up freed
     log.info("ready on cores %s with precisions %s", cores, pipeline.precisions)
     conn.send(Ready(os.getpid(), asdict(pipeline.info), pipeline.precisions, pipeline.schedulers, _rss_bytes()))
 
     try:
         while (job := conn.recv()) is not STOP:
             conn.send(_run(pipeline, job, conn, cancel))
+            malloc.release()  # between jobs, after the answer: what the job freed goes back
     except (EOFError, BrokenPipeError):  # the API process went away: nobody is left to serve
         log.warning("the API process closed the pipe; exiting")
 
