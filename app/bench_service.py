@@ -30,6 +30,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from transformers import CLIPTextModel
 
+from app.engine import malloc
 from app.pipeline.tiny import (
     build_tiny_pipeline,
     clip_text_config,
@@ -181,6 +182,7 @@ def run(work: Path, *, unet: str = "sd15", compile_modes=(False, True), rounds: 
     start = time.perf_counter()
     folder = prepare(work, unet)
     prepare_seconds = time.perf_counter() - start
+    malloc.release()  # the build's memory, before the server's workers need theirs
     manifest = json.loads((folder / "quantized" / "int8" / "manifest.json").read_text())
     size = 512 if unet == "sd15" else 64
     runs = [

@@ -1,11 +1,13 @@
 """Which dtypes the INT8 UNet graph computes in, op by op, as the artifacts compile it.
 
-    python bench/int8_graph_dtypes.py [UNET_FOLDER]   # default: models/mixdiff-shapes/unet
+    python bench/int8_graph_dtypes.py [UNET_FOLDER] [--quantizer torchao]   # default: models/mixdiff-shapes/unet
 
-The UNet is exported, quantized with ``X86InductorQuantizer`` (one random calibration
-input) and exported again under BF16 autocast, exactly as ``mixdiff quantize ptq``
-does before AOTInductor compiles it. Prints, per op and input/output dtypes, how many
-nodes there are, then which ops feed the FP32 inputs of additions and GroupNorms.
+The UNet is exported, quantized (one random calibration input) and exported again under
+BF16 autocast, exactly as ``mixdiff quantize ptq`` does before AOTInductor compiles it,
+with the artifacts' quantizer (``quantization.quantizer.UNetQuantizer``) or, with
+``--quantizer torchao``, torchao's default ``X86InductorQuantizer``. Prints, per op and
+input/output dtypes, how many nodes there are, then which ops feed the FP32 inputs of
+additions and GroupNorms.
 Timings are not the point: it shows where the INT8 graph leaves BF16 (the BF16 UNet
 runs every one of these ops in BF16).
 """
@@ -20,6 +22,7 @@ from diffusers import UNet2DConditionModel
 
 from quantization import ptq
 from quantization.calibration import UNetInputs
+from quantization.quantizer import torchao_default
 
 OPS = ("add", "conv2d", "linear", "group_norm", "layer_norm", "silu", "gelu", "mul", "div",
        "scaled_dot_product_attention", "cat")
@@ -38,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("unet", nargs="?", default="models/mixdiff-shapes/unet")
     parser.add_argument("--tokens", type=int, default=77, help="text tokens of the example input")
+    parser.add_argument("--quantizer", choices=("artifacts", "torchao"), default="artifacts")
     args = parser.parse_args()
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(args.unet, local_files_only=True).eval()
@@ -48,7 +52,8 @@ def main() -> None:
         torch.full((ptq.BATCH,), 500.0),
         torch.randn(ptq.BATCH, args.tokens, config.cross_attention_dim),
     )
-    converted = ptq.quantize_graph(ptq.export_unet(unet, example), ptq.make_quantizer(), [example])
+    quantizer = torchao_default() if args.quantizer == "torchao" else ptq.make_quantizer()
+    converted = ptq.quantize_graph(ptq.export_unet(unet, example), quantizer, [example])
     graph = ptq.export_bf16(converted, example).graph_module.graph
 
     census, feeders = collections.Counter(), collections.Counter()
@@ -63,7 +68,7 @@ def main() -> None:
                 if isinstance(arg, torch.fx.Node) and _dtype(arg) == "float32":
                     feeders[(op, _op(arg) or arg.op)] += 1
 
-    print(f"{args.unet}: INT8 graph under BF16 autocast\n\n| op | inputs | output | nodes |\n|---|---|---|---|")
+    print(f"{args.unet}, {args.quantizer} quantizer: INT8 graph under BF16 autocast\n\n| op | inputs | output | nodes |\n|---|---|---|---|")
     for (op, inputs, output), n in sorted(census.items()):
         print(f"| {op} | {inputs} | {output} | {n} |")
     print("\n| FP32 op | its FP32 input comes from | nodes |\n|---|---|---|")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from app.engine import malloc
 from app.pipeline.variants import EagerUNet
 from quantization import ptq
 from quantization.artifact import build_package, load_package, required_cpu_features
@@ -59,11 +60,13 @@ def random_inputs(unet, t: float, seed: int, batch: int = 2) -> UNetInputs:
     )
 
 
-def int8_graph(unet, inputs: UNetInputs) -> torch.fx.GraphModule:
+def int8_graph(unet, inputs: UNetInputs, quantizer=None) -> torch.fx.GraphModule:
     """``unet`` quantized as ``mixdiff bench`` quantizes it: calibrated on random inputs at six
-    timesteps spread over the schedule, ready for ``build_package``."""
+    timesteps spread over the schedule, ready for ``build_package``. ``quantizer``: the
+    artifacts' own (``ptq.make_quantizer()``) unless given."""
     calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
-    return ptq.quantize_graph(ptq.export_unet(unet, inputs), ptq.make_quantizer(), calibration)
+    quantizer = quantizer if quantizer is not None else ptq.make_quantizer()
+    return ptq.quantize_graph(ptq.export_unet(unet, inputs), quantizer, calibration)
 
 
 def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Callable], dict]:
@@ -84,6 +87,8 @@ def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Ca
             converted = int8_graph(unet, inputs)
             package, weights = work / "int8.pt2", work / "int8.safetensors"
             build_package(converted, inputs, package, weights)
+            del converted
+            malloc.release()  # the build's freed memory, before the steps are timed
             built = time.perf_counter()
             runner = load_package(package, weights)
             build[name] = {

@@ -1,10 +1,11 @@
 """Post-training static INT8 quantization of a diffusers UNet with PT2E.
 
 The flow is torchao's PT2E one, for the x86 Inductor backend:
-``torch.export`` → ``prepare_pt2e`` with ``X86InductorQuantizer`` (INT8 per-channel
+``torch.export`` → ``prepare_pt2e`` with ``UNetQuantizer`` (torchao's
+``X86InductorQuantizer``, residual additions left unquantized: INT8 per-channel
 symmetric weights, UINT8 per-tensor affine activations measured by histogram
 observers) → run the calibration inputs → ``convert_pt2e``. What stays
-unquantized (GroupNorm, softmax, the fallback layers, …) runs in BF16: the
+unquantized (GroupNorm, softmax, residual additions, the fallback layers, …) runs in BF16: the
 converted graph is exported again inside ``torch.autocast(bfloat16)``, which
 bakes the casts into the graph, and Inductor's freezing passes then fuse every
 dequantize → conv/linear → quantize chain into oneDNN INT8 kernels (AMX where the
@@ -44,7 +45,7 @@ AOTI_CONFIG = {
 #: How the quantized artifacts are made, recorded in every manifest.
 RECIPE = {
     "flow": "pt2e static (torch.export -> prepare_pt2e -> calibrate -> convert_pt2e)",
-    "quantizer": "torchao X86InductorQuantizer, default config",
+    "quantizer": "torchao X86InductorQuantizer, default config, residual additions unquantized (bf16)",
     "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver)",
     "activations": "uint8 per-tensor affine, static (HistogramObserver)",
     "unquantized_ops": "bf16 (torch.autocast baked into the exported graph)",
@@ -115,15 +116,16 @@ def export_unet(unet: torch.nn.Module, example: UNetInputs) -> torch.fx.GraphMod
 
 
 def make_quantizer(fallback: Sequence[str] = (), only: str | None = None):
-    """An ``X86InductorQuantizer``: everything quantized but the ``fallback`` UNet modules
+    """A ``UNetQuantizer`` (``quantization.quantizer``): everything quantized but the ``fallback`` UNet modules
     (names as in ``unet.named_modules()``), or, with ``only``, that one module alone."""
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
     )
 
+    from quantization.quantizer import UNetQuantizer
+
     config = get_default_x86_inductor_quantization_config()
-    quantizer = X86InductorQuantizer()
+    quantizer = UNetQuantizer()
     if only is not None:
         return quantizer.set_module_name_qconfig(f"unet.{only}", config)
     quantizer.set_global(config)

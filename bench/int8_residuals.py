@@ -1,32 +1,43 @@
-"""The INT8 UNet with its dequantized residual inputs cast to BF16, against the INT8 UNet as it ships.
+"""The INT8 UNet's residual additions three ways, beside BF16 compiled.
 
-    python bench/int8_bf16_residuals.py [--rounds 5]
+    python bench/int8_residuals.py [--rounds 5]
 
-In the graph ``quantize ptq`` compiles, a convolution or linear that adds a residual gets
-that residual dequantized to FP32, and autocast leaves additions alone: the sum, and the
-residual stream after it, stay FP32 (``bench/int8_graph_dtypes.py``). Here a cast to
-BF16 is put between each such dequantization and its addition, so the stream stays
-BF16 as in the BF16 UNet. Both graphs are built as AOTInductor packages the way the
-artifacts are (``quantization.artifact.build_package``), beside BF16 compiled, on SD
-1.5's UNet architecture with random weights (CFG batch 2, 64x64 latents, calibrated as
-``mixdiff bench`` calibrates); steps are timed interleaved. Also prints each INT8
-graph's output error against the FP32 UNet. Builds take about 10 minutes on 2 cores. Run
-it as the server's workers run (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``).
+torchao's ``X86InductorQuantizer`` quantizes the residual that a convolution or linear
+adds, so that Inductor can fuse the addition into the oneDNN kernel; the dequantized
+residual is FP32, autocast leaves additions alone, and the sum, and the residual stream
+after it, stay FP32 (``bench/int8_graph_dtypes.py --quantizer torchao``). Three INT8
+graphs:
+
+- ``torchao default``: residuals quantized, as torchao has it;
+- ``torchao default, bf16 casts``: the same graph with a BF16 cast between each
+  dequantized residual and its addition, so the stream is BF16 as in the BF16 UNet;
+- ``residuals unquantized``: ``quantization.quantizer.UNetQuantizer``, what the
+  artifacts use: the residual is not quantized and is added in BF16.
+
+Each is built as an AOTInductor package the way the artifacts are
+(``quantization.artifact.build_package``), on SD 1.5's UNet architecture with random
+weights (CFG batch 2, 64x64 latents, calibrated as ``mixdiff bench`` calibrates); steps
+are timed interleaved with BF16 compiled. Also prints each graph's output error against
+the FP32 UNet. Builds take about 10 minutes on 2 cores. Run it as the server's workers
+run (``GLIBC_TUNABLES`` as ``app.engine.malloc`` sets it).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from app.engine import malloc
 from app.pipeline.variants import EagerUNet
 from quantization.artifact import build_package, load_package
 from quantization.bench import int8_graph, interleaved, random_inputs, ratio_table, sd15_unet
+from quantization.quantizer import torchao_default
 
 DEQUANTIZE = (
     torch.ops.quantized_decomposed.dequantize_per_tensor.default,
@@ -66,17 +77,30 @@ def main() -> None:
     unet = sd15_unet()
     inputs = random_inputs(unet, 500, seed=100)
     step_args = inputs.args()
-    converted = int8_graph(unet, inputs)
-    cast, casts = bf16_residuals(converted)
-    print(f"{casts} dequantized residuals cast to BF16", flush=True)
+
+    def cast() -> torch.fx.GraphModule:
+        graph, casts = bf16_residuals(int8_graph(unet, inputs, torchao_default()))
+        print(f"{casts} dequantized residuals cast to BF16", flush=True)
+        return graph
+
+    # each graph is made just before its build and dropped after it: three at once do not fit in 23 GB
+    graphs = {
+        "int8, torchao default": lambda: int8_graph(unet, inputs, torchao_default()),
+        "int8, torchao default, bf16 casts": cast,
+        "int8, residuals unquantized": lambda: int8_graph(unet, inputs),
+    }
     with torch.no_grad():
         reference = unet(*step_args[:2], encoder_hidden_states=step_args[2]).sample
     steps, errors = {}, {}
     with torch.no_grad(), tempfile.TemporaryDirectory(prefix="mixdiff-residuals-") as tmp:
-        for name, graph in (("int8 (as shipped)", converted), ("int8, bf16 residuals", cast)):
+        for name, make_graph in graphs.items():
             start = time.perf_counter()
+            graph = make_graph()
             package, weights = Path(tmp) / f"{len(steps)}.pt2", Path(tmp) / f"{len(steps)}.safetensors"
             build_package(graph, inputs, package, weights)
+            del graph
+            gc.collect()
+            malloc.release()
             runner = load_package(package, weights)
             print(f"{name}: built in {time.perf_counter() - start:.0f} s", flush=True)
             errors[name] = _rel_mse(runner(*step_args), reference)
