@@ -1,25 +1,25 @@
-"""The INT8 UNet's residual additions three ways, beside BF16 compiled.
+"""The INT8 UNet's residual additions, torchao's way against another, beside BF16 compiled.
 
-    python bench/int8_residuals.py [--rounds 5]
+    python bench/int8_residuals.py [--compare unquantized|casts] [--rounds 5]
 
 torchao's ``X86InductorQuantizer`` quantizes the residual that a convolution or linear
 adds, so that Inductor can fuse the addition into the oneDNN kernel; the dequantized
 residual is FP32, autocast leaves additions alone, and the sum, and the residual stream
-after it, stay FP32 (``bench/int8_graph_dtypes.py --quantizer torchao``). Three INT8
-graphs:
+after it, stay FP32 (``bench/int8_graph_dtypes.py --quantizer torchao``). Two INT8
+graphs, ``torchao default`` (residuals quantized) and, by ``--compare``:
 
-- ``torchao default``: residuals quantized, as torchao has it;
-- ``torchao default, bf16 casts``: the same graph with a BF16 cast between each
-  dequantized residual and its addition, so the stream is BF16 as in the BF16 UNet;
-- ``residuals unquantized``: ``quantization.quantizer.UNetQuantizer``, what the
-  artifacts use: the residual is not quantized and is added in BF16.
+- ``unquantized`` (default): ``quantization.quantizer.UNetQuantizer``, what the
+  artifacts use: the residual is not quantized and is added in BF16;
+- ``casts``: torchao's graph with a BF16 cast between each dequantized residual and its
+  addition, so the stream is BF16 as in the BF16 UNet.
 
 Each is built as an AOTInductor package the way the artifacts are
 (``quantization.artifact.build_package``), on SD 1.5's UNet architecture with random
 weights (CFG batch 2, 64x64 latents, calibrated as ``mixdiff bench`` calibrates); steps
 are timed interleaved with BF16 compiled. Also prints each graph's output error against
-the FP32 UNet. Builds take about 10 minutes on 2 cores. Run it as the server's workers
-run (``GLIBC_TUNABLES`` as ``app.engine.malloc`` sets it).
+the FP32 UNet. Builds take about 8 minutes on 2 cores; a third build in the same process
+does not fit in 23 GB, hence one comparison per run. Run it as the server's workers run
+(``GLIBC_TUNABLES`` as ``app.engine.malloc`` sets it).
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def _rel_mse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", choices=("unquantized", "casts"), default="unquantized")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
@@ -83,12 +84,12 @@ def main() -> None:
         print(f"{casts} dequantized residuals cast to BF16", flush=True)
         return graph
 
-    # each graph is made just before its build and dropped after it: three at once do not fit in 23 GB
-    graphs = {
-        "int8, torchao default": lambda: int8_graph(unet, inputs, torchao_default()),
-        "int8, torchao default, bf16 casts": cast,
-        "int8, residuals unquantized": lambda: int8_graph(unet, inputs),
-    }
+    # each graph is made just before its build and dropped after it
+    graphs = {"int8, torchao default": lambda: int8_graph(unet, inputs, torchao_default())}
+    if args.compare == "casts":
+        graphs["int8, torchao default, bf16 casts"] = cast
+    else:
+        graphs["int8, residuals unquantized"] = lambda: int8_graph(unet, inputs)
     with torch.no_grad():
         reference = unet(*step_args[:2], encoder_hidden_states=step_args[2]).sample
     steps, errors = {}, {}
