@@ -16,7 +16,7 @@ AOTInductor's own loader puts them in a ``malloc`` block, 16 bytes past a cache 
 where the INT8 kernels read their weights 1.4-1.5x slower (docs/QUANTIZATION.md).
 A compiled package is
 only valid with the torch it was compiled by and on a CPU with the instructions it
-was compiled for, and only for the UNet it was quantized from; ``load_variant``
+was compiled for (AVX-512, never AMX: ``portable_isa``), and only for the UNet it was quantized from; ``load_variant``
 checks all of that, and every file's sha256, before it loads anything, and refuses
 with an ``ArtifactError`` naming what is wrong.
 """
@@ -53,9 +53,6 @@ _GCC_TO_CPUINFO = {
     "-mavx512bw": "avx512bw",
     "-mavx512bf16": "avx512_bf16",
     "-mavx512vnni": "avx512_vnni",
-    "-mamx-tile": "amx_tile",
-    "-mamx-bf16": "amx_bf16",
-    "-mamx-int8": "amx_int8",
 }
 
 
@@ -157,9 +154,32 @@ def constants_apart(package: Path, weights: Path):
     _save_constants(constants, weights, package.name)
 
 
+@contextlib.contextmanager
+def portable_isa():
+    """Inductor's CPU code inside the block is built for AVX-512 (with VNNI and BF16 where this
+    CPU has them), not for AMX, even on a CPU with AMX.
+
+    AMX only matters to oneDNN, which picks its kernels on the CPU it runs on, and to
+    Inductor's GEMM templates, which packages are not built with: code compiled with
+    ``-mamx-*`` holds no AMX instruction, yet would be recorded as needing AMX. So a
+    package built on a Xeon with AMX runs on any CPU with the same AVX-512 subset (an AMD
+    EPYC with AVX-512, a Xeon without AMX), and loads there without an ISA mismatch.
+    """
+    from torch._inductor import cpu_vec_isa
+
+    original = torch.cpu._is_amx_tile_supported
+    torch.cpu._is_amx_tile_supported = lambda: False
+    cpu_vec_isa.valid_vec_isa_list.cache_clear()
+    try:
+        yield
+    finally:
+        torch.cpu._is_amx_tile_supported = original
+        cpu_vec_isa.valid_vec_isa_list.cache_clear()
+
+
 def build_package(converted: torch.fx.GraphModule, example: UNetInputs, package: Path, weights: Path) -> None:
     """Compile ``converted`` into the AOTInductor ``package`` (code only) and its constants into ``weights``."""
-    with constants_apart(package, weights):
+    with constants_apart(package, weights), portable_isa():
         ptq.compile_package(converted, example, str(package))
 
 
@@ -226,7 +246,8 @@ def load_package(package: Path, weights: Path) -> Package:
             constants[entry["name"]] = memory.view(dtype).as_strided(
                 entry["sizes"], entry["strides"], entry["offset"] // itemsize + entry["storage_offset"]
             )
-    runner = torch._inductor.aoti_load_package(str(package))
+    with portable_isa():  # the ISA the package was built for: no mismatch warning on CPUs with AMX
+        runner = torch._inductor.aoti_load_package(str(package))
     # by the package's own constant names (``load_constants`` goes by source FQN, which several share)
     runner.loader.update_constant_buffer(constants, False, True, True)  # active buffer, all of them, user-managed
     return Package(runner, memory, constants)
@@ -253,10 +274,12 @@ def cpu_flags() -> set[str]:
 
 
 def required_cpu_features() -> list[str]:
-    """The CPU flags the kernels Inductor compiles here rely on (from its chosen vector ISA)."""
+    """The CPU flags the kernels Inductor compiles for a package rely on (from the vector ISA
+    ``portable_isa`` picks)."""
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
-    flags = pick_vec_isa().build_arch_flags().split()
+    with portable_isa():
+        flags = pick_vec_isa().build_arch_flags().split()
     return sorted({_GCC_TO_CPUINFO[f] for f in flags if f in _GCC_TO_CPUINFO})
 
 

@@ -26,6 +26,11 @@ def test_shipped_manifest_hashes_every_file():
     assert all(manifest["files"][name] == artifact.sha256(SHIPPED / name) for name in files)
 
 
+def test_shipped_artifact_needs_avx512_not_amx():
+    features = json.loads((SHIPPED / artifact.MANIFEST).read_text())["runtime"]["cpu_features"]
+    assert {"avx512f", "avx512_vnni"} <= set(features) and not [f for f in features if f.startswith("amx")]
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     args = ["--model", str(DEFAULT_MODEL), "--precisions", "bf16,int8", "--cores-per-worker", "1"]

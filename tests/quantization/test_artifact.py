@@ -155,6 +155,16 @@ def test_missing_cpu_feature_is_refused_naming_it(artifact_copy, tiny_pipe):
         artifact.load_variant(artifact_copy, tiny_pipe)
 
 
+def test_packages_need_avx512_not_amx(tiny_artifact):
+    """Inductor's code in a package has no AMX instruction (oneDNN picks AMX at run time), so
+    the manifest asks for none: an artifact built on a Xeon with AMX loads on any CPU with
+    the same AVX-512 subset."""
+    _, manifest = tiny_artifact
+    features = manifest["runtime"]["cpu_features"]
+    assert features and not [f for f in features if f.startswith("amx")], features
+    assert set(features) <= artifact.cpu_flags()
+
+
 def test_artifact_of_another_unet_is_refused(artifact_copy):
     with pytest.raises(ArtifactError, match="different UNet"):
         artifact.load_variant(artifact_copy, build_tiny_pipeline("sd", seed=1))
