@@ -15,10 +15,10 @@ or pickles, and the package is code only. At load time they are copied into one
 AOTInductor's own loader puts them in a ``malloc`` block, 16 bytes past a cache line,
 where the INT8 kernels read their weights 1.4-1.5x slower (docs/QUANTIZATION.md).
 A compiled package is
-only valid with the torch it was compiled by and on a CPU with the instructions it
-was compiled for (AVX-512, never AMX: ``portable_isa``), and only for the UNet it was quantized from; ``load_variant``
-checks all of that, and every file's sha256, before it loads anything, and refuses
-with an ``ArtifactError`` naming what is wrong.
+only valid with the torch it was compiled by, on a CPU with the instructions it was
+compiled for (AVX-512, never AMX: ``portable_isa``), and only for the UNet it was
+quantized from; ``load_variant`` checks all of that, and every file's sha256, before
+it loads anything, and refuses with an ``ArtifactError`` naming what is wrong.
 """
 
 from __future__ import annotations
