@@ -26,6 +26,15 @@ RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorc
 WORKDIR /src
 RUN --mount=type=bind,target=/src,rw pip install --no-cache-dir .
 
+# kernels/ (fused attention), built here: the runtime image has no compiler. The runtime
+# loads this build as it is, writing nothing (kernels/build.py).
+ENV MIXDIFF_KERNELS_DIR=/opt/venv/share/mixdiff-kernels
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++=4:12.2.0-3 \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt
+RUN python -c "import kernels; kernels.load()"
+
 # -- runtime: the environment, the default model, jemalloc, a non-root user ----------------
 FROM ${PYTHON_IMAGE}
 
@@ -59,6 +68,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     XDG_CACHE_HOME=/tmp/.cache \
     LD_PRELOAD=/usr/local/lib/libjemalloc.so.2 \
     MALLOC_CONF=background_thread:true,metadata_thp:auto,dirty_decay_ms:30000,muzzy_decay_ms:30000,oversize_threshold:1 \
+    MIXDIFF_KERNELS_DIR=/opt/venv/share/mixdiff-kernels \
     MIXDIFF_HOST=0.0.0.0 \
     MIXDIFF_PORT=8000 \
     MIXDIFF_MODEL=/opt/mixdiff/models/mixdiff-shapes

@@ -1,0 +1,70 @@
+"""Build ``csrc/`` once per source version, and load it.
+
+The library goes to ``$MIXDIFF_KERNELS_DIR/<key>/`` (by default under
+``~/.cache/mixdiff/kernels``), ``key`` a hash of the sources, the build flags and the
+torch version: an edit or an upgrade builds anew (Torch's extension builder, about 15
+seconds, needs a C++ compiler and ninja), and an existing build is loaded as it is,
+with nothing written, so an image can carry it prebuilt on a read-only file system
+(the Dockerfile does). The vector code is compiled for AVX-512 BF16 with per-function
+target attributes and chosen at run time, so a library built on any x86 CPU runs on
+any other (computing through ATen where that ISA is absent). It links the OpenMP
+runtime by soname, so ``at::parallel_for`` shares the one torch has loaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch.utils import cpp_extension
+
+log = logging.getLogger(__name__)
+
+NAME = "mixdiff_kernels"
+#: The environment variable naming the folder of builds.
+ENV = "MIXDIFF_KERNELS_DIR"
+SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
+CFLAGS = ["-O3", "-fopenmp"]
+
+
+def build_dir() -> Path:
+    """Where this version of the sources is (or will be) built."""
+    key = hashlib.sha256(torch.__version__.encode() + " ".join(CFLAGS).encode())
+    for source in SOURCES:
+        key.update(source.read_bytes())
+    base = os.environ.get(ENV) or Path.home() / ".cache" / "mixdiff" / "kernels"
+    return Path(base) / key.hexdigest()[:16]
+
+
+@functools.cache
+def load() -> None:
+    """Load the kernels into this process, building them first if needed; registers ``torch.ops.mixdiff``."""
+    start = time.perf_counter()
+    folder = build_dir()
+    library = folder / f"{NAME}.so"
+    if library.is_file():
+        torch.ops.load_library(str(library))
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        cpp_extension.load(
+            name=NAME,
+            sources=[str(s) for s in SOURCES],
+            extra_cflags=CFLAGS,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(folder),
+            is_python_module=False,
+        )
+    from kernels.attention import register_rules
+
+    register_rules()
+    log.info(
+        "mixdiff kernels %s in %.1f s (AVX-512 BF16: %s)",
+        library.parent.name,
+        time.perf_counter() - start,
+        torch.ops.mixdiff.accelerated(),
+    )

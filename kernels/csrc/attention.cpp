@@ -1,0 +1,451 @@
+// Fused attention for CPUs with AVX-512 BF16: softmax(q k^T * scale) v in one pass per
+// block of query rows, its scores kept in the cache, never in memory.
+//
+// q, k, v are [batch, heads, tokens, head_dim] BF16 with head_dim contiguous (views of
+// [batch, tokens, heads, head_dim], as diffusers' attention makes them). The output is
+// [batch, heads, tokens, head_dim] as a view of a [batch, tokens, heads, head_dim] tensor,
+// which is what the attention's out-projection reads next.
+//
+// Per (batch, head), key and value are packed once into the layouts that vdpbf16ps
+// (two BF16 along the reduction, 16 FP32 lanes) and vpdpbusd (four u8 times four s8)
+// multiply. Then each task takes ROWS query rows: their scores against every key (FP32,
+// ROWS x keys, in L2), an exact softmax (max, exponentials, sum) and the product with
+// v, all in registers and L2.
+//
+// Two ops: `attention` computes q k^T in BF16; `int8_attention` in INT8 (for 512 keys or
+// more), as SageAttention does: keys centred on their mean over tokens (which shifts
+// every score of a query row alike, so the softmax is unchanged) and both sides
+// quantized per token, symmetric. The softmax and the product with v are BF16 in both. Without AVX-512
+// BF16 and VNNI at run time, or for other dtypes, both compute ATen's
+// scaled_dot_product_attention.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace mixdiff {
+namespace {
+
+constexpr int64_t ROWS = 8;       // query rows per task and per micro-kernel
+constexpr int64_t KEY_TILE = 32;  // keys per score micro-kernel: two 16-lane vectors
+constexpr int64_t COL_TILE = 3;   // 16-lane output vectors per value micro-kernel
+
+#define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,fma")))
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+AVX512_BF16 inline __m512 exp2_ps(__m512 x) {
+  // 2^x = 2^n * 2^f, n = round(x), |f| <= 1/2, 2^f by its Taylor polynomial of degree 4:
+  // relative error under 4e-5, far below the BF16 rounding the probabilities get next.
+  // Far below -126 scalef flushes to zero, as it should.
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 y = _mm512_set1_ps(9.6181291e-3f);
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5504109e-2f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022651e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+
+AVX512_BF16 inline __mmask16 first(int64_t n) {
+  return n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
+}
+
+// The first bits of m of 16 BF16 at x, as FP32; zeros elsewhere.
+AVX512_BF16 inline __m512 bf16_to_ps(__mmask16 m, const uint16_t* x) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x)), 16));
+}
+
+AVX512_BF16 inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
+
+// Packed layouts, zeros where padded. BF16 key: [dim2 / 2][keys][2]; INT8 key:
+// [dim4 / 4][keys][4] with a scale and 128 * (sum of its int8 values) per key; value:
+// [keys / 2][cols][2].
+struct Packed {
+  int64_t dim2;   // head_dim rounded up to 2
+  int64_t dim4;   // head_dim rounded up to 4
+  int64_t keys;   // key count rounded up to KEY_TILE
+  int64_t cols;   // head_dim rounded up to 8
+  int64_t key_size() const { return dim2 * keys; }
+  int64_t key8_size() const { return dim4 * keys; }
+  int64_t value_size() const { return keys * cols; }
+};
+
+void pack_key(const at::BFloat16* k, int64_t stride, int64_t n, int64_t d, const Packed& p, uint16_t* out) {
+  std::memset(out, 0, p.key_size() * sizeof(uint16_t));
+  for (int64_t j = 0; j < n; ++j) {
+    const uint16_t* row = reinterpret_cast<const uint16_t*>(k + j * stride);
+    for (int64_t c = 0; c < d; ++c) out[((c / 2) * p.keys + j) * 2 + (c & 1)] = row[c];
+  }
+}
+
+// Keys centred on their mean over the n tokens, then int8 per key, symmetric (absmax).
+AVX512_BF16 void pack_key_int8(const at::BFloat16* k, int64_t stride, int64_t n, int64_t d, const Packed& p,
+                               int8_t* out, float* scales, int32_t* sums) {
+  std::memset(out, 0, p.key8_size());
+  std::fill(scales, scales + p.keys, 0.0f);
+  std::fill(sums, sums + p.keys, 0);
+  const uint16_t* keys = reinterpret_cast<const uint16_t*>(k);
+  std::vector<float> mean(round_up(d, 16), 0.0f);
+  std::vector<int8_t> row(round_up(d, 16));
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = 0; c < d; c += 16)
+      _mm512_storeu_ps(&mean[c],
+                       _mm512_add_ps(_mm512_loadu_ps(&mean[c]), bf16_to_ps(first(d - c), keys + j * stride + c)));
+  for (float& m : mean) m /= static_cast<float>(n);
+  for (int64_t j = 0; j < n; ++j) {
+    const uint16_t* x = keys + j * stride;
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t c = 0; c < d; c += 16)
+      amax = _mm512_max_ps(amax,
+                           _mm512_abs_ps(_mm512_sub_ps(bf16_to_ps(first(d - c), x + c), _mm512_loadu_ps(&mean[c]))));
+    const float top = _mm512_reduce_max_ps(amax);
+    const __m512 inv = _mm512_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t c = 0; c < d; c += 16) {
+      const __mmask16 m = first(d - c);
+      const __m512 centred = _mm512_maskz_sub_ps(m, bf16_to_ps(m, x + c), _mm512_loadu_ps(&mean[c]));
+      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(centred, inv));
+      sum = _mm512_add_epi32(sum, q);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(&row[c]), _mm512_cvtsepi32_epi8(q));
+    }
+    for (int64_t c = 0; c < d; c += 4)
+      std::memcpy(out + ((c / 4) * p.keys + j) * 4, &row[c], std::min<int64_t>(4, d - c));
+    scales[j] = top / 127.0f;
+    sums[j] = 128 * _mm512_reduce_add_epi32(sum);  // the query's u8 offset times the key: taken off every score
+  }
+}
+
+void pack_value(const at::BFloat16* v, int64_t stride, int64_t n, int64_t d, const Packed& p, uint16_t* out) {
+  std::memset(out, 0, p.value_size() * sizeof(uint16_t));
+  for (int64_t j = 0; j < n; ++j) {
+    const uint16_t* row = reinterpret_cast<const uint16_t*>(v + j * stride);
+    uint16_t* dst = out + (j / 2) * p.cols * 2 + (j & 1);
+    for (int64_t c = 0; c < d; ++c) dst[c * 2] = row[c];
+  }
+}
+
+// scores[ROWS][p.keys] = q_block[ROWS][dim2] . key^T, FP32; row_max: each row's largest over the n real keys.
+AVX512_BF16 void scores_kernel(const uint16_t* q, const uint16_t* key, const Packed& p, int64_t n, float* scores,
+                               float* row_max) {
+  const int64_t pairs = p.dim2 / 2;
+  __m512 vmax[ROWS];
+  for (int r = 0; r < ROWS; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < p.keys; j += KEY_TILE) {
+    __m512 acc[ROWS][2];
+    for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < pairs; ++c) {
+      const uint16_t* k = key + (c * p.keys + j) * 2;
+      __m512bh k0 = as_bh(_mm512_loadu_si512(k));
+      __m512bh k1 = as_bh(_mm512_loadu_si512(k + 32));
+      for (int r = 0; r < ROWS; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, q + r * p.dim2 + c * 2, sizeof(pair));
+        __m512bh qb = as_bh(_mm512_set1_epi32(pair));
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], qb, k0);
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], qb, k1);
+      }
+    }
+    const __mmask16 m0 = first(n - j), m1 = first(n - j - 16);
+    for (int r = 0; r < ROWS; ++r) {
+      _mm512_storeu_ps(scores + r * p.keys + j, acc[r][0]);
+      _mm512_storeu_ps(scores + r * p.keys + j + 16, acc[r][1]);
+      vmax[r] = _mm512_mask_max_ps(_mm512_mask_max_ps(vmax[r], m0, vmax[r], acc[r][0]), m1, vmax[r], acc[r][1]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) row_max[r] = _mm512_reduce_max_ps(vmax[r]);
+}
+
+// scores[ROWS][p.keys] = q_block . key^T from u8 queries (int8 + 128) and int8 keys,
+// scaled back to FP32 by each query row's and each key's scale.
+AVX512_BF16 void scores_kernel_int8(const uint8_t* q, const float* q_scales, const int8_t* key, const float* k_scales,
+                                    const int32_t* k_sums, const Packed& p, int64_t n, float* scores,
+                                    float* row_max) {
+  const int64_t quads = p.dim4 / 4;
+  __m512 vmax[ROWS];
+  for (int r = 0; r < ROWS; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < p.keys; j += KEY_TILE) {
+    __m512i acc[ROWS][2];
+    for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    for (int64_t c = 0; c < quads; ++c) {
+      const int8_t* k = key + (c * p.keys + j) * 4;
+      __m512i k0 = _mm512_loadu_si512(k);
+      __m512i k1 = _mm512_loadu_si512(k + 64);
+      for (int r = 0; r < ROWS; ++r) {
+        int32_t quad;
+        std::memcpy(&quad, q + r * p.dim4 + c * 4, sizeof(quad));
+        __m512i qb = _mm512_set1_epi32(quad);
+        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], qb, k0);
+        acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], qb, k1);
+      }
+    }
+    const __m512i s0 = _mm512_loadu_si512(k_sums + j), s1 = _mm512_loadu_si512(k_sums + j + 16);
+    const __m512 ks0 = _mm512_loadu_ps(k_scales + j), ks1 = _mm512_loadu_ps(k_scales + j + 16);
+    const __mmask16 m0 = first(n - j), m1 = first(n - j - 16);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 qs = _mm512_set1_ps(q_scales[r]);
+      const __m512 x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][0], s0)), _mm512_mul_ps(ks0, qs));
+      const __m512 x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][1], s1)), _mm512_mul_ps(ks1, qs));
+      _mm512_storeu_ps(scores + r * p.keys + j, x0);
+      _mm512_storeu_ps(scores + r * p.keys + j + 16, x1);
+      vmax[r] = _mm512_mask_max_ps(_mm512_mask_max_ps(vmax[r], m0, vmax[r], x0), m1, vmax[r], x1);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) row_max[r] = _mm512_reduce_max_ps(vmax[r]);
+}
+
+// Row by row: probs = exp((scores - max) * scale) in BF16, zero past n; their sums in sums.
+AVX512_BF16 void softmax_rows(const float* scores, const float* row_max, int64_t n, const Packed& p, float scale,
+                              uint16_t* probs, float* sums) {
+  const __m512 vscale = _mm512_set1_ps(scale * 1.44269504088896341f);  // exp(x) = 2^(x log2(e))
+  const int64_t full = n / 16 * 16;
+  for (int r = 0; r < ROWS; ++r) {
+    const float* s = scores + r * p.keys;
+    uint16_t* out = probs + r * p.keys;
+    const __m512 shift = _mm512_mul_ps(_mm512_set1_ps(row_max[r]), vscale);
+    __m512 vsum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < full; j += 16) {
+      const __m512 e = exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), vscale, shift));
+      vsum = _mm512_add_ps(vsum, e);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), (__m256i)_mm512_cvtneps_pbh(e));
+    }
+    for (int64_t j = full; j < p.keys; j += 16) {  // the last real keys, then zeros to the padded end
+      const __m512 e =
+          _mm512_maskz_mov_ps(first(n - j), exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), vscale, shift)));
+      vsum = _mm512_add_ps(vsum, e);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), (__m256i)_mm512_cvtneps_pbh(e));
+    }
+    sums[r] = _mm512_reduce_add_ps(vsum);
+  }
+}
+
+// out[ROWS][cols c0 .. c0 + 16 * TILES (+ 8 with HALF)) = probs[ROWS][keys] . value, divided
+// by the row sums. HALF: eight more columns in a 256-bit register (head_dim 40 = 2.5 x 16).
+template <int TILES, bool HALF>
+AVX512_BF16 void value_kernel(const uint16_t* probs, const uint16_t* value, const Packed& p, int64_t c0,
+                              const float* inv, float* out) {
+  constexpr int T = TILES > 0 ? TILES : 1;
+  __m512 acc[ROWS][T];
+  __m256 half[ROWS];
+  for (int r = 0; r < ROWS; ++r) {
+    for (int t = 0; t < TILES; ++t) acc[r][t] = _mm512_setzero_ps();
+    half[r] = _mm256_setzero_ps();
+  }
+  for (int64_t j = 0; j < p.keys; j += 2) {
+    const uint16_t* v = value + (j / 2) * p.cols * 2 + c0 * 2;
+    __m512bh vt[T];
+    for (int t = 0; t < TILES; ++t) vt[t] = as_bh(_mm512_loadu_si512(v + t * 32));
+    __m256bh vh;
+    if (HALF) vh = (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + TILES * 32));
+    for (int r = 0; r < ROWS; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, probs + r * p.keys + j, sizeof(pair));
+      for (int t = 0; t < TILES; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], as_bh(_mm512_set1_epi32(pair)), vt[t]);
+      if (HALF) half[r] = _mm256_dpbf16_ps(half[r], (__m256bh)_mm256_set1_epi32(pair), vh);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    for (int t = 0; t < TILES; ++t)
+      _mm512_storeu_ps(out + r * p.cols + c0 + t * 16, _mm512_mul_ps(acc[r][t], _mm512_set1_ps(inv[r])));
+    if (HALF) _mm256_storeu_ps(out + r * p.cols + c0 + TILES * 16, _mm256_mul_ps(half[r], _mm256_set1_ps(inv[r])));
+  }
+}
+
+// Keys and values of every (batch, head), packed.
+struct PackedKV {
+  Packed p;
+  bool int8;
+  std::vector<uint16_t> key, value;  // BF16 keys (int8 false), values
+  std::vector<int8_t> key8;          // INT8 keys (int8 true), their scales and sums
+  std::vector<float> key_scales;
+  std::vector<int32_t> key_sums;
+
+  PackedKV(const at::Tensor& k, const at::Tensor& v, bool int8_keys)
+      : p{round_up(k.size(3), 2), round_up(k.size(3), 4), round_up(k.size(2), KEY_TILE), round_up(k.size(3), 8)},
+        int8(int8_keys) {
+    const int64_t heads = k.size(1), pairs = k.size(0) * heads, n = k.size(2), d = k.size(3);
+    value.resize(pairs * p.value_size());
+    if (int8) {
+      key8.resize(pairs * p.key8_size());
+      key_scales.resize(pairs * p.keys);
+      key_sums.resize(pairs * p.keys);
+    } else {
+      key.resize(pairs * p.key_size());
+    }
+    const auto* kp = k.const_data_ptr<at::BFloat16>();
+    const auto* vp = v.const_data_ptr<at::BFloat16>();
+    at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const at::BFloat16* kr = kp + (bh / heads) * k.stride(0) + (bh % heads) * k.stride(1);
+        if (int8)
+          pack_key_int8(kr, k.stride(2), n, d, p, key8.data() + bh * p.key8_size(), key_scales.data() + bh * p.keys,
+                        key_sums.data() + bh * p.keys);
+        else
+          pack_key(kr, k.stride(2), n, d, p, key.data() + bh * p.key_size());
+        pack_value(vp + (bh / heads) * v.stride(0) + (bh % heads) * v.stride(1), v.stride(2), n, d, p,
+                   value.data() + bh * p.value_size());
+      }
+    });
+  }
+};
+
+// One task: ROWS query rows of one (batch, head) against all its keys, written to out.
+struct Job {
+  const at::BFloat16* q;
+  at::BFloat16* out;
+  const PackedKV& kv;
+  int64_t q_stride[3], out_stride[3];
+  int64_t heads, blocks, nq, nk, d;
+  float scale;
+};
+
+struct Scratch {
+  explicit Scratch(const Packed& p)
+      : qblock(ROWS * p.dim2), qblock8(ROWS * p.dim4), probs(ROWS * p.keys), scores(ROWS * p.keys),
+        result(ROWS * p.cols) {}
+  std::vector<uint16_t> qblock;
+  std::vector<uint8_t> qblock8;
+  std::vector<uint16_t> probs;
+  std::vector<float> scores, result;
+  float q_scales[ROWS], row_max[ROWS];
+};
+
+// The block's scores, from BF16 or (kv.int8) from u8 queries quantized here per row.
+AVX512_BF16 void block_scores(const Job& job, int64_t bh, const at::BFloat16* q, int64_t rows, Scratch& s) {
+  const PackedKV& kv = job.kv;
+  const Packed& p = kv.p;
+  const int64_t d = job.d;
+  if (!kv.int8) {
+    std::fill(s.qblock.begin(), s.qblock.end(), 0);
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(s.qblock.data() + r * p.dim2, q + r * job.q_stride[2], d * 2);
+    scores_kernel(s.qblock.data(), kv.key.data() + bh * p.key_size(), p, job.nk, s.scores.data(), s.row_max);
+    return;
+  }
+  std::fill(s.qblock8.begin(), s.qblock8.end(), 128);  // int8 zero; the key's padding is zero anyway
+  std::fill(s.q_scales, s.q_scales + ROWS, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {  // u8 = round(q / scale) + 128, scale = absmax / 127
+    const uint16_t* qr = reinterpret_cast<const uint16_t*>(q + r * job.q_stride[2]);
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t c = 0; c < d; c += 16)
+      amax = _mm512_max_ps(amax, _mm512_abs_ps(bf16_to_ps(first(d - c), qr + c)));
+    const float top = _mm512_reduce_max_ps(amax);
+    s.q_scales[r] = top / 127.0f;
+    const __m512 inv = _mm512_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
+    for (int64_t c = 0; c < d; c += 16) {
+      const __mmask16 m = first(d - c);
+      const __m512i x = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(bf16_to_ps(m, qr + c), inv)),
+                                         _mm512_set1_epi32(128));
+      _mm_mask_storeu_epi8(s.qblock8.data() + r * p.dim4 + c, m, _mm512_cvtusepi32_epi8(x));
+    }
+  }
+  scores_kernel_int8(s.qblock8.data(), s.q_scales, kv.key8.data() + bh * p.key8_size(),
+                     kv.key_scales.data() + bh * p.keys, kv.key_sums.data() + bh * p.keys, p, job.nk, s.scores.data(),
+                     s.row_max);
+}
+
+AVX512_BF16 void attend(const Job& job, int64_t task, Scratch& s) {
+  const Packed& p = job.kv.p;
+  const int64_t bh = task / job.blocks, row0 = (task % job.blocks) * ROWS;
+  const int64_t b = bh / job.heads, h = bh % job.heads, rows = std::min(ROWS, job.nq - row0), d = job.d;
+  const uint16_t* value = job.kv.value.data() + bh * p.value_size();
+  block_scores(job, bh, job.q + b * job.q_stride[0] + h * job.q_stride[1] + row0 * job.q_stride[2], rows, s);
+
+  float sums[ROWS], inv[ROWS];
+  softmax_rows(s.scores.data(), s.row_max, job.nk, p, job.scale, s.probs.data(), sums);
+  for (int r = 0; r < ROWS; ++r) inv[r] = 1.0f / sums[r];
+  const uint16_t* probs = s.probs.data();
+  float* result = s.result.data();
+  int64_t c0 = 0;
+  for (; p.cols - c0 >= 48; c0 += 48) value_kernel<3, false>(probs, value, p, c0, inv, result);
+  switch (p.cols - c0) {  // a multiple of 8
+    case 8: value_kernel<0, true>(probs, value, p, c0, inv, result); break;
+    case 16: value_kernel<1, false>(probs, value, p, c0, inv, result); break;
+    case 24: value_kernel<1, true>(probs, value, p, c0, inv, result); break;
+    case 32: value_kernel<2, false>(probs, value, p, c0, inv, result); break;
+    case 40: value_kernel<2, true>(probs, value, p, c0, inv, result); break;
+  }
+
+  at::BFloat16* out = job.out + b * job.out_stride[0] + h * job.out_stride[1] + row0 * job.out_stride[2];
+  for (int64_t r = 0; r < rows; ++r) {
+    uint16_t* dst = reinterpret_cast<uint16_t*>(out + r * job.out_stride[2]);
+    const float* src = s.result.data() + r * p.cols;
+    for (int64_t c = 0; c < d; c += 16) {
+      const __mmask16 m = first(d - c);
+      _mm256_mask_storeu_epi16(dst + c, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + c)));
+    }
+  }
+}
+
+void fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool int8_keys,
+                     at::Tensor& out) {
+  const PackedKV kv(k, v, int8_keys);
+  const int64_t blocks = (q.size(2) + ROWS - 1) / ROWS;
+  const Job job{q.const_data_ptr<at::BFloat16>(), out.mutable_data_ptr<at::BFloat16>(), kv,
+                {q.stride(0), q.stride(1), q.stride(2)}, {out.stride(0), out.stride(1), out.stride(2)},
+                q.size(1), blocks, q.size(2), k.size(2), q.size(3), static_cast<float>(scale)};
+  at::parallel_for(0, q.size(0) * q.size(1) * blocks, 1, [&](int64_t begin, int64_t end) {
+    Scratch scratch(kv.p);
+    for (int64_t task = begin; task < end; ++task) attend(job, task, scratch);
+  });
+}
+
+bool has_avx512_bf16() {
+  static const bool has = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512dq");
+  return has;
+}
+
+bool fast_path(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return has_avx512_bf16() && q.device().is_cpu() && q.scalar_type() == at::kBFloat16 &&
+         k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16 && q.dim() == 4 && k.dim() == 4 &&
+         v.dim() == 4 && q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3) &&
+         k.sizes() == v.sizes() && k.size(2) > 0;
+}
+
+at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool int8_keys) {
+  at::Tensor out = at::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options()).transpose(1, 2);
+  if (!fast_path(q, k, v)) return out.copy_(at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale));
+  // The kernels read rows with a unit stride along head_dim; other layouts are copied.
+  auto rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+  fused_attention(rows(q), rows(k), rows(v), scale, int8_keys, out);
+  return out;
+}
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+  return run(q, k, v, scale, false);
+}
+
+// Fewer keys than this, and quantizing each query row costs more than the INT8 product
+// saves (bench/attention.py): the scores are computed in BF16.
+constexpr int64_t INT8_MIN_KEYS = 512;
+
+at::Tensor int8_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+  return run(q, k, v, scale, k.size(2) >= INT8_MIN_KEYS);
+}
+
+bool accelerated() { return has_avx512_bf16(); }
+
+}  // namespace
+
+TORCH_LIBRARY(mixdiff, m) {
+  m.def("attention(Tensor q, Tensor k, Tensor v, float scale) -> Tensor");
+  m.def("int8_attention(Tensor q, Tensor k, Tensor v, float scale) -> Tensor");
+  m.def("accelerated() -> bool", &accelerated);
+}
+
+TORCH_LIBRARY_IMPL(mixdiff, CPU, m) {
+  m.impl("attention", &attention);
+  m.impl("int8_attention", &int8_attention);
+}
+
+}  // namespace mixdiff
