@@ -37,7 +37,7 @@ from app.pipeline.tiny import (
     clip_tokenizer,
     sd_scheduler,
 )
-from quantization import bench
+from quantization import bench, ptq
 from quantization.artifact import ArtifactError, verify
 from quantization.build import BuildOptions, build_from_inputs
 
@@ -83,11 +83,12 @@ def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
 def prepare(work: Path, unet: str = "sd15") -> Path:
     """The model folder with its ``int8`` artifact under ``work``, built unless one this
-    mixdiff can load is already there."""
+    mixdiff can load, made with its recipe, is already there."""
     folder = work / f"{unet}-random"
     artifact = folder / "quantized" / "int8"
     try:
-        verify(artifact)
+        if verify(artifact)["recipe"] != ptq.RECIPE:
+            raise ArtifactError("made with another recipe than this mixdiff's")
         return folder
     except ArtifactError as exc:
         if artifact.exists():

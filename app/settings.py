@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         description="torch.compile the fp32/bf16 UNets: faster steps (about 1.3x on SD 1.5) for minutes of "
         "compilation at worker start-up",
     )
+    fused_attention: bool = Field(
+        True,
+        description="run the bf16 UNet's attention with mixdiff's fused kernel (kernels/; 0.43x of SDPA's time "
+        "on SD 1.5 on an AVX-512 BF16 CPU, bench/attention.py) rather than PyTorch's SDPA. int8 artifacts "
+        "have theirs built in",
+    )
     default_scheduler: str = Field("ddim", description="scheduler of requests that name none")
     vae_precision: Literal["fp32", "bf16"] = Field(
         "bf16",

@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.export.pt2_archive._package import PT2ArchiveReader, PT2ArchiveWriter
 
+import kernels
 from quantization import ptq
 from quantization.calibration import UNetInputs
 from quantization.ptq import TimestepGroups, run_in_batches
@@ -401,6 +402,11 @@ def load_variant(path: Path, pipe) -> Int8UNet:
     """The artifact at ``path`` as a UNet variant named after its folder, once verified."""
     path = Path(path)
     manifest = verify(path, pipe.unet)
+    if "attention" in manifest["recipe"]:  # its packages call torch.ops.mixdiff.attention
+        try:
+            kernels.load()
+        except (OSError, RuntimeError) as exc:
+            raise ArtifactError(f"needs the mixdiff kernels (kernels/), which could not be built: {exc}") from exc
     runners = []
     for group in manifest["timestep_groups"]:
         try:

@@ -29,7 +29,8 @@ from quantization import ptq
 from quantization.artifact import build_package, load_package, required_cpu_features
 from quantization.calibration import UNetInputs
 
-VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "int8-compiled")
+#: ``-sdpa``: attention by ATen's SDPA instead of ``kernels``' fused attention, for comparison.
+VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", "int8-compiled")
 #: The variant the others are compared with.
 BASELINE = "bf16-compiled"
 
@@ -78,9 +79,9 @@ def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Ca
     # eager variants last: FP32 eager turns ``unet`` itself channels-last, which the others must not inherit
     for name in sorted(variants, key=lambda v: v.endswith("-eager")):
         start = time.perf_counter()
-        if name in ("fp32-eager", "bf16-eager", "bf16-compiled"):
-            precision, mode = name.split("-")
-            variant = EagerUNet(unet, precision, compile=mode == "compiled")
+        if name in ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa"):
+            precision, mode = name.split("-")[:2]
+            variant = EagerUNet(unet, precision, compile=mode == "compiled", fused_attention=not name.endswith("-sdpa"))
             variant(*args)  # the first call compiles
             steps[name] = lambda v=variant: v(*args)
         elif name == "int8-compiled":

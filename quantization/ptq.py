@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kernels.attention import FusedAttnProcessor
 from quantization.calibration import UNetInputs
 
 BATCH = 2
@@ -49,6 +50,7 @@ RECIPE = {
     "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver)",
     "activations": "uint8 per-tensor affine, static (HistogramObserver)",
     "unquantized_ops": "bf16 (torch.autocast baked into the exported graph)",
+    "attention": "mixdiff.int8_attention (kernels/): q.k in int8 per token, keys centred; softmax and p.v bf16",
     "compiler": "AOTInductor, freezing (oneDNN int8 conv/linear fusions), no -march=native, dynamic threads",
     "stored_weights": "the package's constants (oneDNN-prepacked int8 weights, scales, bf16 leftovers), "
     "64-byte aligned, as safetensors, handed to the package at load",
@@ -109,10 +111,16 @@ def _example(example: UNetInputs) -> tuple[torch.Tensor, ...]:
 
 
 def export_unet(unet: torch.nn.Module, example: UNetInputs) -> torch.fx.GraphModule:
-    """The FP32 UNet as an exported graph module, ready for ``prepare_pt2e``."""
+    """The FP32 UNet as an exported graph module, ready for ``prepare_pt2e``; its attention
+    is ``mixdiff.int8_attention`` (SDPA in FP32, the fused kernel once autocast makes it BF16)."""
     graph = UNetGraph(unet).eval()
-    with torch.no_grad():
-        return torch.export.export(graph, _example(example)).module()
+    processors = unet.attn_processors
+    unet.set_attn_processor(FusedAttnProcessor(int8_scores=True))  # builds the kernels, or raises why it cannot
+    try:
+        with torch.no_grad():
+            return torch.export.export(graph, _example(example)).module()
+    finally:
+        unet.set_attn_processor(processors)
 
 
 def make_quantizer(fallback: Sequence[str] = (), only: str | None = None):

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from app.engine import malloc
 
-_VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "int8-compiled")  # quantization.bench.VARIANTS
+# quantization.bench.VARIANTS
+_VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", "int8-compiled")
 
 
 def register(subparsers) -> None:

@@ -56,7 +56,11 @@ def main(index: int, cores: list[int], settings: Settings, conn: Connection, can
         from app.pipeline.loop import MixedPrecisionPipeline
 
         pipeline = MixedPrecisionPipeline.load(
-            settings.model, settings.precisions, compile=settings.compile, vae_precision=settings.vae_precision
+            settings.model,
+            settings.precisions,
+            compile=settings.compile,
+            fused_attention=settings.fused_attention,
+            vae_precision=settings.vae_precision,
         )
         pipeline.warmup(settings.warmup_steps)
     except Exception as exc:  # the API process shows it; the worker is not restarted

@@ -57,11 +57,25 @@ class MixedPrecisionPipeline:
 
     @classmethod
     def load(
-        cls, model: str, precisions: list[str], *, compile: bool = False, vae_precision: str = "fp32"
+        cls,
+        model: str,
+        precisions: list[str],
+        *,
+        compile: bool = False,
+        fused_attention: bool = True,
+        vae_precision: str = "fp32",
     ) -> MixedPrecisionPipeline:
         """Load a pipeline folder (or ``tiny-random``) and build the variants named in ``precisions``."""
         pipe, family, path = load_diffusers_pipeline(model)
-        return cls.from_pipe(pipe, family, precisions, compile=compile, path=path, vae_precision=vae_precision)
+        return cls.from_pipe(
+            pipe,
+            family,
+            precisions,
+            compile=compile,
+            fused_attention=fused_attention,
+            path=path,
+            vae_precision=vae_precision,
+        )
 
     @classmethod
     def from_pipe(
@@ -71,13 +85,16 @@ class MixedPrecisionPipeline:
         precisions: list[str],
         *,
         compile: bool = False,
+        fused_attention: bool = True,
         path: Path | None = None,
         vae_precision: str = "fp32",
     ) -> MixedPrecisionPipeline:
         """Wrap a diffusers pipeline already in memory; ``path`` is where its int8 artifacts live."""
         defaults = generation_defaults(path)  # a bad mixdiff.json fails before minutes of compiling
         set_vae_precision(pipe.vae, vae_precision)
-        variants, unavailable = build_variants(pipe, precisions, compile=compile, model_dir=path)
+        variants, unavailable = build_variants(
+            pipe, precisions, compile=compile, fused_attention=fused_attention, model_dir=path
+        )
         info = ModelInfo(
             name=path.name if path else "tiny-random",
             family=family,

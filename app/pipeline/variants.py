@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from kernels.attention import use_fused_attention
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -23,10 +25,20 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 class EagerUNet:
     """The diffusers UNet in one dtype, optionally ``torch.compile``d (frozen weights).
 
-    With ``in_place`` it converts ``unet`` itself rather than a copy of it.
+    With ``in_place`` it converts ``unet`` itself rather than a copy of it. In BF16 its
+    attention runs ``kernels``' fused attention unless ``fused_attention`` is off (2-2.5x
+    faster than SDPA at SD 1.5's sizes, ``bench/attention.py``).
     """
 
-    def __init__(self, unet: torch.nn.Module, precision: str, *, compile: bool = False, in_place: bool = False):
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        precision: str,
+        *,
+        compile: bool = False,
+        in_place: bool = False,
+        fused_attention: bool = True,
+    ):
         self.precision = precision
         self.dtype = _DTYPES[precision]
         if self.dtype == unet.dtype:
@@ -34,6 +46,8 @@ class EagerUNet:
         else:
             self.unet = unet.to(self.dtype) if in_place else copy.deepcopy(unet).to(self.dtype)
         self.unet.eval().requires_grad_(False)
+        if fused_attention and self.dtype == torch.bfloat16:
+            use_fused_attention(self.unet)
         if compile:
             torch._inductor.config.freezing = True  # constant-fold and prepack weights for oneDNN
             self.forward = torch.compile(self.unet)
@@ -57,9 +71,12 @@ class EagerUNet:
         return out.float()
 
 
-def build_variants(pipe, names: list[str], *, compile: bool = False, model_dir: Path | None = None):
+def build_variants(
+    pipe, names: list[str], *, compile: bool = False, fused_attention: bool = True, model_dir: Path | None = None
+):
     """``(variants, unavailable)``: the variants built, in the order of ``names``, and for
     each name that could not be, the reason (a missing or refused artifact, an unknown name).
+    ``fused_attention``: the BF16 UNet's (int8 artifacts have theirs built in).
 
     When ``fp32`` is not among ``names``, nothing needs the pipeline's FP32 UNet once the
     int8 artifacts are checked against it: ``bf16`` then converts it in place instead of
@@ -70,7 +87,9 @@ def build_variants(pipe, names: list[str], *, compile: bool = False, model_dir: 
     for name in int8_first:
         if name in _DTYPES:
             in_place = name != "fp32" and "fp32" not in names
-            built[name] = EagerUNet(pipe.unet, name, compile=compile, in_place=in_place)
+            built[name] = EagerUNet(
+                pipe.unet, name, compile=compile, in_place=in_place, fused_attention=fused_attention
+            )
         elif name.startswith("int8"):
             reason = _int8(pipe, name, model_dir, built)
             if reason:

@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from torch.export.pt2_archive._package import PT2ArchiveReader
 
+import kernels
 from app.pipeline.tiny import build_tiny_pipeline
 from quantization import artifact, ptq
 from quantization.artifact import ArtifactError
@@ -152,6 +153,17 @@ def test_other_torch_version_is_refused_naming_both(artifact_copy, tiny_pipe):
 def test_missing_cpu_feature_is_refused_naming_it(artifact_copy, tiny_pipe):
     _edit_manifest(artifact_copy, lambda m: m["runtime"]["cpu_features"].append("amx_fp99"))
     with pytest.raises(ArtifactError, match="CPU features this CPU lacks: amx_fp99"):
+        artifact.load_variant(artifact_copy, tiny_pipe)
+
+
+def test_artifact_whose_kernels_cannot_be_built_is_refused(artifact_copy, tiny_pipe, monkeypatch):
+    """Its packages call torch.ops.mixdiff.int8_attention: without the kernels they cannot run."""
+
+    def no_compiler():
+        raise RuntimeError("Error building extension 'mixdiff_kernels': c++: not found")
+
+    monkeypatch.setattr(kernels, "load", no_compiler)
+    with pytest.raises(ArtifactError, match="needs the mixdiff kernels .*c\\+\\+: not found"):
         artifact.load_variant(artifact_copy, tiny_pipe)
 
 
