@@ -2,8 +2,8 @@
 
 ``mixdiff.attention(q, k, v, scale)`` is ``scaled_dot_product_attention`` without mask
 or dropout, for ``[batch, heads, tokens, head_dim]`` tensors; ``mixdiff.int8_attention``
-the same with q·kᵀ computed in INT8 (SageAttention's way: keys centred, both sides
-quantized per token). In BF16 on a CPU with AVX-512 BF16 and VNNI they run
+the same with q·kᵀ computed in INT8 where there are 512 keys or more (SageAttention's
+way: keys centred, both sides quantized per token). In BF16 on a CPU with AVX-512 BF16 and VNNI they run
 ``csrc/attention.cpp``, otherwise ATen's SDPA. Both have a fake (meta) rule, so
 ``torch.compile`` and ``torch.export`` take each as one opaque op (AOTInductor packages
 call them by name: the process that loads one must ``load()`` first), and an autocast
@@ -21,8 +21,8 @@ from kernels.build import load
 
 log = logging.getLogger(__name__)
 
-#: The op a processor calls, by whether it computes the scores in INT8.
-OPS = {False: "mixdiff::attention", True: "mixdiff::int8_attention"}
+#: The ``torch.ops.mixdiff`` op a processor calls, by whether it computes the scores in INT8.
+OPS = {False: "attention", True: "int8_attention"}
 
 
 def register_rules() -> None:
@@ -31,9 +31,9 @@ def register_rules() -> None:
     def fake(q, k, v, scale):
         return q.new_empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3])).transpose(1, 2)
 
-    for op in OPS.values():
-        torch.library.register_fake(op, fake)
-        torch.library.register_autocast(op, "cpu", torch.bfloat16)
+    for name in OPS.values():
+        torch.library.register_fake(f"mixdiff::{name}", fake)
+        torch.library.register_autocast(f"mixdiff::{name}", "cpu", torch.bfloat16)
 
 
 def _plain(attn: Attention) -> bool:
@@ -58,7 +58,7 @@ class FusedAttnProcessor:
 
     def __init__(self, int8_scores: bool = False):
         load()
-        self.op = getattr(torch.ops.mixdiff, OPS[int8_scores].split("::")[1])
+        self.op = getattr(torch.ops.mixdiff, OPS[int8_scores])
         self.fallback = AttnProcessor2_0()
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):

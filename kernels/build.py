@@ -17,6 +17,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -50,15 +51,20 @@ def load() -> None:
     if library.is_file():
         torch.ops.load_library(str(library))
     else:
-        folder.mkdir(parents=True, exist_ok=True)
+        # Built in a folder of this process's own, then moved in whole: a process starting
+        # meanwhile finds no library (and builds too) or a complete one, never half of one.
+        work = folder / f"build-{os.getpid()}"
+        work.mkdir(parents=True, exist_ok=True)
         cpp_extension.load(
             name=NAME,
             sources=[str(s) for s in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],
-            build_directory=str(folder),
+            build_directory=str(work),
             is_python_module=False,
         )
+        os.replace(work / f"{NAME}.so", library)
+        shutil.rmtree(work, ignore_errors=True)
     from kernels.attention import register_rules
 
     register_rules()

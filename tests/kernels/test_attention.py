@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+import kernels.build
 from app.pipeline.tiny import build_tiny_pipeline
 from app.pipeline.variants import EagerUNet
 from kernels.attention import FusedAttnProcessor, use_fused_attention
@@ -113,6 +115,16 @@ def test_fake_and_autocast_rules(op):
     assert out.dtype == torch.bfloat16
 
 
+def test_compiled_graphs_call_the_op_without_a_break():
+    q, k, v = _qkv(2, 2, 40, 24, 16)
+
+    def attend(q, k, v):
+        return torch.ops.mixdiff.attention(q * 2, k, v, 0.25).transpose(1, 2).reshape(2, 40, 32)
+
+    compiled = torch.compile(attend, fullgraph=True, dynamic=False)
+    torch.testing.assert_close(compiled(q, k, v), attend(q, k, v), rtol=0, atol=0)
+
+
 def test_processor_matches_diffusers_on_a_unet():
     unet = build_tiny_pipeline("sd", seed=0).unet.to(torch.bfloat16)
     fused = copy.deepcopy(unet)
@@ -152,3 +164,10 @@ def test_the_bf16_variant_runs_fused_attention_unless_told_not_to():
     assert ops(EagerUNet(unet, "bf16")) == {"FusedAttnProcessor"}
     assert ops(EagerUNet(unet, "bf16", fused_attention=False)) == {"AttnProcessor2_0"}
     assert ops(EagerUNet(unet, "fp32")) == {"AttnProcessor2_0"}  # FP32 would be SDPA inside the op anyway
+
+
+def test_a_build_leaves_only_the_library_in_its_folder():
+    """Later processes load it as it is, writing nothing (a read-only image carries it so)."""
+    folder = kernels.build.build_dir()
+    assert [p.name for p in folder.iterdir()] == ["mixdiff_kernels.so"]
+    assert folder.parent == Path(os.environ.get(kernels.build.ENV, Path.home() / ".cache/mixdiff/kernels"))
