@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     )
     fused_attention: bool = Field(
         True,
-        description="run the bf16 UNet's attention with mixdiff's fused kernel (kernels/; 0.43x of SDPA's time "
-        "on SD 1.5 on an AVX-512 BF16 CPU, bench/attention.py) rather than PyTorch's SDPA. int8 artifacts "
+        description="run the bf16 UNet's attention with mixdiff's fused kernel (kernels/; about 0.4x of SDPA's "
+        "time on SD 1.5 on an AVX-512 BF16 CPU, bench/attention.py) rather than PyTorch's SDPA. int8 artifacts "
         "have theirs built in",
     )
     default_scheduler: str = Field("ddim", description="scheduler of requests that name none")

@@ -402,7 +402,7 @@ def load_variant(path: Path, pipe) -> Int8UNet:
     """The artifact at ``path`` as a UNet variant named after its folder, once verified."""
     path = Path(path)
     manifest = verify(path, pipe.unet)
-    if "attention" in manifest["recipe"]:  # its packages call torch.ops.mixdiff.attention
+    if "attention" in manifest["recipe"]:  # its packages call torch.ops.mixdiff.int8_attention
         try:
             kernels.load()
         except (OSError, RuntimeError) as exc:

@@ -81,7 +81,8 @@ def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Ca
         start = time.perf_counter()
         if name in ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa"):
             precision, mode = name.split("-")[:2]
-            variant = EagerUNet(unet, precision, compile=mode == "compiled", fused_attention=not name.endswith("-sdpa"))
+            fused = not name.endswith("-sdpa")
+            variant = EagerUNet(unet, precision, compile=mode == "compiled", fused_attention=fused)
             variant(*args)  # the first call compiles
             steps[name] = lambda v=variant: v(*args)
         elif name == "int8-compiled":

@@ -26,8 +26,8 @@ class EagerUNet:
     """The diffusers UNet in one dtype, optionally ``torch.compile``d (frozen weights).
 
     With ``in_place`` it converts ``unet`` itself rather than a copy of it. In BF16 its
-    attention runs ``kernels``' fused attention unless ``fused_attention`` is off (2-2.5x
-    faster than SDPA at SD 1.5's sizes, ``bench/attention.py``).
+    attention runs ``kernels``' fused attention unless ``fused_attention`` is off (about
+    0.4x of SDPA's time at SD 1.5's sizes, ``bench/attention.py``).
     """
 
     def __init__(

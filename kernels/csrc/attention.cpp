@@ -67,7 +67,8 @@ AVX512_BF16 inline __m512 bf16_to_ps(__mmask16 m, const uint16_t* x) {
 
 AVX512_BF16 inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
 
-// Packed layouts, zeros where padded. BF16 key: [dim2 / 2][keys][2]; INT8 key:
+// Packed layouts, zeros where padded: the packers write into zeroed buffers (PackedKV's)
+// and leave the padding as they find it. BF16 key: [dim2 / 2][keys][2]; INT8 key:
 // [dim4 / 4][keys][4] with a scale and 128 * (sum of its int8 values) per key; value:
 // [keys / 2][cols][2].
 struct Packed {
@@ -81,7 +82,6 @@ struct Packed {
 };
 
 void pack_key(const at::BFloat16* k, int64_t stride, int64_t n, int64_t d, const Packed& p, uint16_t* out) {
-  std::memset(out, 0, p.key_size() * sizeof(uint16_t));
   for (int64_t j = 0; j < n; ++j) {
     const uint16_t* row = reinterpret_cast<const uint16_t*>(k + j * stride);
     for (int64_t c = 0; c < d; ++c) out[((c / 2) * p.keys + j) * 2 + (c & 1)] = row[c];
@@ -91,9 +91,6 @@ void pack_key(const at::BFloat16* k, int64_t stride, int64_t n, int64_t d, const
 // Keys centred on their mean over the n tokens, then int8 per key, symmetric (absmax).
 AVX512_BF16 void pack_key_int8(const at::BFloat16* k, int64_t stride, int64_t n, int64_t d, const Packed& p,
                                int8_t* out, float* scales, int32_t* sums) {
-  std::memset(out, 0, p.key8_size());
-  std::fill(scales, scales + p.keys, 0.0f);
-  std::fill(sums, sums + p.keys, 0);
   const uint16_t* keys = reinterpret_cast<const uint16_t*>(k);
   std::vector<float> mean(round_up(d, 16), 0.0f);
   std::vector<int8_t> row(round_up(d, 16));
@@ -126,7 +123,6 @@ AVX512_BF16 void pack_key_int8(const at::BFloat16* k, int64_t stride, int64_t n,
 }
 
 void pack_value(const at::BFloat16* v, int64_t stride, int64_t n, int64_t d, const Packed& p, uint16_t* out) {
-  std::memset(out, 0, p.value_size() * sizeof(uint16_t));
   for (int64_t j = 0; j < n; ++j) {
     const uint16_t* row = reinterpret_cast<const uint16_t*>(v + j * stride);
     uint16_t* dst = out + (j / 2) * p.cols * 2 + (j & 1);
