@@ -69,7 +69,7 @@ AVX512_BF16 inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
 
 // Packed layouts, zeros where padded: the packers write into zeroed buffers (PackedKV's)
 // and leave the padding as they find it. BF16 key: [dim2 / 2][keys][2]; INT8 key:
-// [dim4 / 4][keys][4] with a scale and 128 * (sum of its int8 values) per key; value:
+// [dim4 / 4][keys][4] with a scale and -128 * (sum of its int8 values) per key; value:
 // [keys / 2][cols][2].
 struct Packed {
   int64_t dim2;   // head_dim rounded up to 2
@@ -118,7 +118,7 @@ AVX512_BF16 void pack_key_int8(const at::BFloat16* k, int64_t stride, int64_t n,
     for (int64_t c = 0; c < d; c += 4)
       std::memcpy(out + ((c / 4) * p.keys + j) * 4, &row[c], std::min<int64_t>(4, d - c));
     scales[j] = top / 127.0f;
-    sums[j] = 128 * _mm512_reduce_add_epi32(sum);  // the query's u8 offset times the key: taken off every score
+    sums[j] = -128 * _mm512_reduce_add_epi32(sum);  // minus the query's u8 offset times the key: where scores start
   }
 }
 
@@ -162,16 +162,17 @@ AVX512_BF16 void scores_kernel(const uint16_t* q, const uint16_t* key, const Pac
 }
 
 // scores[ROWS][p.keys] = q_block . key^T from u8 queries (int8 + 128) and int8 keys,
-// scaled back to FP32 by each query row's and each key's scale.
-AVX512_BF16 void scores_kernel_int8(const uint8_t* q, const float* q_scales, const int8_t* key, const float* k_scales,
-                                    const int32_t* k_sums, const Packed& p, int64_t n, float* scores,
-                                    float* row_max) {
+// scaled back to FP32 by each key's scale; each query row's scale is left to the softmax.
+AVX512_BF16 void scores_kernel_int8(const uint8_t* q, const int8_t* key, const float* k_scales, const int32_t* k_sums,
+                                    const Packed& p, int64_t n, float* scores, float* row_max) {
   const int64_t quads = p.dim4 / 4;
   __m512 vmax[ROWS];
   for (int r = 0; r < ROWS; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < p.keys; j += KEY_TILE) {
+    // Each sum starts from minus the query offset's share (128 times the key's sum).
+    const __m512i s0 = _mm512_loadu_si512(k_sums + j), s1 = _mm512_loadu_si512(k_sums + j + 16);
     __m512i acc[ROWS][2];
-    for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    for (int r = 0; r < ROWS; ++r) acc[r][0] = s0, acc[r][1] = s1;
     for (int64_t c = 0; c < quads; ++c) {
       const int8_t* k = key + (c * p.keys + j) * 4;
       __m512i k0 = _mm512_loadu_si512(k);
@@ -184,13 +185,11 @@ AVX512_BF16 void scores_kernel_int8(const uint8_t* q, const float* q_scales, con
         acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], qb, k1);
       }
     }
-    const __m512i s0 = _mm512_loadu_si512(k_sums + j), s1 = _mm512_loadu_si512(k_sums + j + 16);
     const __m512 ks0 = _mm512_loadu_ps(k_scales + j), ks1 = _mm512_loadu_ps(k_scales + j + 16);
     const __mmask16 m0 = first(n - j), m1 = first(n - j - 16);
     for (int r = 0; r < ROWS; ++r) {
-      const __m512 qs = _mm512_set1_ps(q_scales[r]);
-      const __m512 x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][0], s0)), _mm512_mul_ps(ks0, qs));
-      const __m512 x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][1], s1)), _mm512_mul_ps(ks1, qs));
+      const __m512 x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][0]), ks0);
+      const __m512 x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][1]), ks1);
       _mm512_storeu_ps(scores + r * p.keys + j, x0);
       _mm512_storeu_ps(scores + r * p.keys + j + 16, x1);
       vmax[r] = _mm512_mask_max_ps(_mm512_mask_max_ps(vmax[r], m0, vmax[r], x0), m1, vmax[r], x1);
@@ -199,14 +198,14 @@ AVX512_BF16 void scores_kernel_int8(const uint8_t* q, const float* q_scales, con
   for (int r = 0; r < ROWS; ++r) row_max[r] = _mm512_reduce_max_ps(vmax[r]);
 }
 
-// Row by row: probs = exp((scores - max) * scale) in BF16, zero past n; their sums in sums.
-AVX512_BF16 void softmax_rows(const float* scores, const float* row_max, int64_t n, const Packed& p, float scale,
-                              uint16_t* probs, float* sums) {
-  const __m512 vscale = _mm512_set1_ps(scale * 1.44269504088896341f);  // exp(x) = 2^(x log2(e))
+// Row by row: probs = exp((scores - max) * scale[r]) in BF16, zero past n; their sums in sums.
+AVX512_BF16 void softmax_rows(const float* scores, const float* row_max, int64_t n, const Packed& p,
+                              const float* scale, uint16_t* probs, float* sums) {
   const int64_t full = n / 16 * 16;
   for (int r = 0; r < ROWS; ++r) {
     const float* s = scores + r * p.keys;
     uint16_t* out = probs + r * p.keys;
+    const __m512 vscale = _mm512_set1_ps(scale[r] * 1.44269504088896341f);  // exp(x) = 2^(x log2(e))
     const __m512 shift = _mm512_mul_ps(_mm512_set1_ps(row_max[r]), vscale);
     __m512 vsum = _mm512_setzero_ps();
     for (int64_t j = 0; j < full; j += 16) {
@@ -312,10 +311,11 @@ struct Scratch {
   std::vector<uint8_t> qblock8;
   std::vector<uint16_t> probs;
   std::vector<float> scores, result;
-  float q_scales[ROWS], row_max[ROWS];
+  float row_scale[ROWS], row_max[ROWS];  // each row's scores are scores * row_scale, their largest row_max
 };
 
-// The block's scores, from BF16 or (kv.int8) from u8 queries quantized here per row.
+// The block's scores, from BF16 or (kv.int8) from u8 queries quantized here per row, and
+// the scale that the softmax takes them at.
 AVX512_BF16 void block_scores(const Job& job, int64_t bh, const at::BFloat16* q, int64_t rows, Scratch& s) {
   const PackedKV& kv = job.kv;
   const Packed& p = kv.p;
@@ -324,17 +324,18 @@ AVX512_BF16 void block_scores(const Job& job, int64_t bh, const at::BFloat16* q,
     std::fill(s.qblock.begin(), s.qblock.end(), 0);
     for (int64_t r = 0; r < rows; ++r) std::memcpy(s.qblock.data() + r * p.dim2, q + r * job.q_stride[2], d * 2);
     scores_kernel(s.qblock.data(), kv.key.data() + bh * p.key_size(), p, job.nk, s.scores.data(), s.row_max);
+    std::fill(s.row_scale, s.row_scale + ROWS, job.scale);
     return;
   }
   std::fill(s.qblock8.begin(), s.qblock8.end(), 128);  // int8 zero; the key's padding is zero anyway
-  std::fill(s.q_scales, s.q_scales + ROWS, 0.0f);
+  std::fill(s.row_scale, s.row_scale + ROWS, 0.0f);
   for (int64_t r = 0; r < rows; ++r) {  // u8 = round(q / scale) + 128, scale = absmax / 127
     const uint16_t* qr = reinterpret_cast<const uint16_t*>(q + r * job.q_stride[2]);
     __m512 amax = _mm512_setzero_ps();
     for (int64_t c = 0; c < d; c += 16)
       amax = _mm512_max_ps(amax, _mm512_abs_ps(bf16_to_ps(first(d - c), qr + c)));
     const float top = _mm512_reduce_max_ps(amax);
-    s.q_scales[r] = top / 127.0f;
+    s.row_scale[r] = job.scale * top / 127.0f;  // the softmax scale times the query row's
     const __m512 inv = _mm512_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
     for (int64_t c = 0; c < d; c += 16) {
       const __mmask16 m = first(d - c);
@@ -343,7 +344,7 @@ AVX512_BF16 void block_scores(const Job& job, int64_t bh, const at::BFloat16* q,
       _mm_mask_storeu_epi8(s.qblock8.data() + r * p.dim4 + c, m, _mm512_cvtusepi32_epi8(x));
     }
   }
-  scores_kernel_int8(s.qblock8.data(), s.q_scales, kv.key8.data() + bh * p.key8_size(),
+  scores_kernel_int8(s.qblock8.data(), kv.key8.data() + bh * p.key8_size(),
                      kv.key_scales.data() + bh * p.keys, kv.key_sums.data() + bh * p.keys, p, job.nk, s.scores.data(),
                      s.row_max);
 }
@@ -356,7 +357,7 @@ AVX512_BF16 void attend(const Job& job, int64_t task, Scratch& s) {
   block_scores(job, bh, job.q + b * job.q_stride[0] + h * job.q_stride[1] + row0 * job.q_stride[2], rows, s);
 
   float sums[ROWS], inv[ROWS];
-  softmax_rows(s.scores.data(), s.row_max, job.nk, p, job.scale, s.probs.data(), sums);
+  softmax_rows(s.scores.data(), s.row_max, job.nk, p, s.row_scale, s.probs.data(), sums);
   for (int r = 0; r < ROWS; ++r) inv[r] = 1.0f / sums[r];
   const uint16_t* probs = s.probs.data();
   float* result = s.result.data();
