@@ -42,7 +42,9 @@ from quantization.calibration import UNetInputs
 from quantization.ptq import TimestepGroups, run_in_batches
 
 MANIFEST = "manifest.json"
-FORMAT = 3
+#: 4: packages compiled with ``aoti_codegen``'s fix; format 3 packages leak an activation
+#: per INT8 linear with a folded residual, on every call.
+FORMAT = 4
 _REQUIRED = ("runtime", "files", "timestep_groups", "model")
 #: gcc ``-m`` flags Inductor compiles CPU kernels with, and the /proc/cpuinfo flag each needs.
 _GCC_TO_CPUINFO = {

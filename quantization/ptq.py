@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kernels.attention import FusedAttnProcessor
+from quantization.aoti_codegen import releasing_optional_tensor_handles
 from quantization.calibration import UNetInputs
 
 BATCH = 2
@@ -51,7 +52,8 @@ RECIPE = {
     "activations": "uint8 per-tensor affine, static (HistogramObserver)",
     "unquantized_ops": "bf16 (torch.autocast baked into the exported graph)",
     "attention": "mixdiff.int8_attention (kernels/): q.k in int8 per token, keys centred; softmax and p.v bf16",
-    "compiler": "AOTInductor, freezing (oneDNN int8 conv/linear fusions), no -march=native, dynamic threads",
+    "compiler": "AOTInductor, freezing (oneDNN int8 conv/linear fusions), no -march=native, dynamic threads, "
+    "optional tensor arguments released after each call (quantization/aoti_codegen.py)",
     "stored_weights": "the package's constants (oneDNN-prepacked int8 weights, scales, bf16 leftovers), "
     "64-byte aligned, as safetensors, handed to the package at load",
 }
@@ -183,7 +185,7 @@ def export_bf16(converted: torch.fx.GraphModule, example: UNetInputs) -> torch.e
 def compile_package(converted: torch.fx.GraphModule, example: UNetInputs, package_path: str) -> str:
     """Export the converted graph with BF16 casts and compile it to an AOTInductor package."""
     program = export_bf16(converted, example)
-    with torch.no_grad():
+    with torch.no_grad(), releasing_optional_tensor_handles():
         return torch._inductor.aoti_compile_and_package(program, package_path=package_path, inductor_configs=AOTI_CONFIG)
 
 
