@@ -1,7 +1,7 @@
 """Build ``csrc/`` once per source version, and load it.
 
 The library goes to ``$MIXDIFF_KERNELS_DIR/<key>/`` (by default under
-``~/.cache/mixdiff/kernels``), ``key`` a hash of the sources, the build flags and the
+``~/.cache/mixdiff/kernels``), ``key`` a hash of the sources and headers, the build flags and the
 torch version: an edit or an upgrade builds anew (Torch's extension builder, about 15
 seconds, needs a C++ compiler and ninja), and an existing build is loaded as it is,
 with nothing written, so an image can carry it prebuilt on a read-only file system
@@ -30,13 +30,14 @@ NAME = "mixdiff_kernels"
 #: The environment variable naming the folder of builds.
 ENV = "MIXDIFF_KERNELS_DIR"
 SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
+HEADERS = sorted((Path(__file__).parent / "csrc").glob("*.h"))
 CFLAGS = ["-O3", "-fopenmp"]
 
 
 def build_dir() -> Path:
     """Where this version of the sources is (or will be) built."""
     key = hashlib.sha256(torch.__version__.encode() + " ".join(CFLAGS).encode())
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         key.update(source.read_bytes())
     base = os.environ.get(ENV) or Path.home() / ".cache" / "mixdiff" / "kernels"
     return Path(base) / key.hexdigest()[:16]
@@ -65,9 +66,10 @@ def load() -> None:
         )
         os.replace(work / f"{NAME}.so", library)
         shutil.rmtree(work, ignore_errors=True)
-    from kernels.attention import register_rules
+    from kernels import attention, group_norm
 
-    register_rules()
+    attention.register_rules()
+    group_norm.register_rules()
     log.info(
         "mixdiff kernels %s in %.1f s (AVX-512 BF16: %s)",
         library.parent.name,

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from kernels.attention import use_fused_attention
+from kernels.group_norm import use_fused_group_norm
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,9 @@ class EagerUNet:
 
     With ``in_place`` it converts ``unet`` itself rather than a copy of it. In BF16 its
     attention runs ``kernels``' fused attention unless ``fused_attention`` is off (about
-    0.4x of SDPA's time at SD 1.5's sizes, ``bench/attention.py``).
+    0.4x of SDPA's time at SD 1.5's sizes, ``bench/attention.py``), and uncompiled, its
+    GroupNorms (with the SiLUs after them) ``kernels``' GroupNorm unless
+    ``fused_group_norm`` is off (``bench/group_norm.py``; compiled, Inductor fuses them).
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class EagerUNet:
         compile: bool = False,
         in_place: bool = False,
         fused_attention: bool = True,
+        fused_group_norm: bool = True,
     ):
         self.precision = precision
         self.dtype = _DTYPES[precision]
@@ -48,6 +52,8 @@ class EagerUNet:
         self.unet.eval().requires_grad_(False)
         if fused_attention and self.dtype == torch.bfloat16:
             use_fused_attention(self.unet)
+        if fused_group_norm and self.dtype == torch.bfloat16 and not compile:
+            use_fused_group_norm(self.unet)
         if compile:
             torch._inductor.config.freezing = True  # constant-fold and prepack weights for oneDNN
             self.forward = torch.compile(self.unet)

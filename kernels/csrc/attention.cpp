@@ -23,47 +23,19 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "vec.h"
+
 namespace mixdiff {
 namespace {
 
 constexpr int64_t ROWS = 8;       // query rows per task and per micro-kernel
 constexpr int64_t KEY_TILE = 32;  // keys per score micro-kernel: two 16-lane vectors
-constexpr int64_t COL_TILE = 3;   // 16-lane output vectors per value micro-kernel
-
-#define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,fma")))
-
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-AVX512_BF16 inline __m512 exp2_ps(__m512 x) {
-  // 2^x = 2^n * 2^f, n = round(x), |f| <= 1/2, 2^f by its Taylor polynomial of degree 4:
-  // relative error under 4e-5, far below the BF16 rounding the probabilities get next.
-  // Far below -126 scalef flushes to zero, as it should.
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 y = _mm512_set1_ps(9.6181291e-3f);
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5504109e-2f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022651e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(y, n);
-}
-
-AVX512_BF16 inline __mmask16 first(int64_t n) {
-  return n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
-}
-
-// The first bits of m of 16 BF16 at x, as FP32; zeros elsewhere.
-AVX512_BF16 inline __m512 bf16_to_ps(__mmask16 m, const uint16_t* x) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x)), 16));
-}
 
 AVX512_BF16 inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
 
@@ -393,13 +365,6 @@ void fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     Scratch scratch(kv.p);
     for (int64_t task = begin; task < end; ++task) attend(job, task, scratch);
   });
-}
-
-bool has_avx512_bf16() {
-  static const bool has = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni") &&
-                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512dq");
-  return has;
 }
 
 bool fast_path(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
