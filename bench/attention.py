@@ -15,13 +15,12 @@ in one UNet step.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 
 import kernels
-from quantization.bench import interleaved
+from quantization.bench import against_reference
 
 #: (query tokens, key tokens, head_dim, layers per SD 1.5 step) at 64x64, 32x32 and 16x16 latents and the mid-block.
 SHAPES = (
@@ -45,15 +44,7 @@ def shape(tokens: int, keys: int, head_dim: int, rounds: int) -> dict:
         "mixdiff.attention": lambda: torch.ops.mixdiff.attention(q, k, v, scale),
         "mixdiff.int8_attention": lambda: torch.ops.mixdiff.int8_attention(q, k, v, scale),
     }
-    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
-    times = interleaved(calls, rounds)
-    return {
-        name: {
-            "ms": 1000 * statistics.median(times[name]),
-            "rel_error": float((call().float() - reference).norm() / reference.norm()),
-        }
-        for name, call in calls.items()
-    }
+    return against_reference(calls, F.scaled_dot_product_attention(q.float(), k.float(), v.float()), rounds)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from torch import nn
 import kernels
 from app.pipeline.variants import EagerUNet
 from kernels.group_norm import use_fused_group_norm
-from quantization.bench import interleaved, random_inputs, sd15_unet
+from quantization.bench import against_reference, interleaved, random_inputs, sd15_unet
 
 
 def captured_norms(unet: EagerUNet, inputs) -> collections.Counter:
@@ -62,14 +62,7 @@ def one_shape(channels, height, width, groups, silu, rounds) -> dict:
 
     reference = F.group_norm(x.float(), groups, weight.float(), bias.float(), 1e-5)
     reference = F.silu(reference) if silu else reference
-    times = interleaved({"aten": aten, "fused": fused}, rounds)
-    return {
-        name: {
-            "ms": 1000 * statistics.median(times[name]),
-            "rel_error": float((call().float() - reference).norm() / reference.norm()),
-        }
-        for name, call in (("aten", aten), ("fused", fused))
-    }
+    return against_reference({"aten": aten, "fused": fused}, reference, rounds)
 
 
 def main() -> None:

@@ -132,6 +132,19 @@ def interleaved(steps: dict[str, Callable], rounds: int, warmup: int = 1) -> dic
     return times
 
 
+def against_reference(calls: dict[str, Callable], reference: torch.Tensor, rounds: int) -> dict[str, dict]:
+    """Per call: its median milliseconds over ``rounds`` interleaved rounds, and the relative
+    L2 error of its output against ``reference``."""
+    times = interleaved(calls, rounds)
+    return {
+        name: {
+            "ms": 1000 * statistics.median(times[name]),
+            "rel_error": float((call().float() - reference).norm() / reference.norm()),
+        }
+        for name, call in calls.items()
+    }
+
+
 def vae_decode(vae, latent_size: int, rounds: int) -> dict:
     """Median seconds of decoding one image's latents in each VAE precision of the loop,
     configured as the loop configures it (channels-last), interleaved round after round."""

@@ -7,7 +7,7 @@
 // x is [N, C, H, W] with channels-last strides ([N, H, W, C] contiguous); weight and bias
 // [C] or absent. Statistics are FP32 sums of x less the image's first pixel, per channel
 // (so a large mean does not cancel); the blocks' sums are added up per channel, and the
-// channels' moments merged per group in double precision (Chan et al.'s formula). Other
+// channels' moments merged per group in double precision. Other
 // layouts or dtypes, or a CPU without AVX-512 BF16, compute ATen's group_norm (and silu).
 
 #include <ATen/ATen.h>
@@ -107,17 +107,18 @@ void fused(const at::Tensor& x, const c10::optional<at::Tensor>& weight, const c
       for (int64_t c = 0; c < s.c; ++c) sum1[c] += b1[c], sum2[c] += b2[c];
     }
     for (int64_t g = 0; g < groups; ++g) {
-      double count = 0.0, mean = 0.0, m2 = 0.0;
-      for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
-        const double mean_c = shift[n * s.cpad + c] + sum1[c] / k;
-        const double m2_c = std::max(0.0, sum2[c] - sum1[c] * sum1[c] / k);
-        const double total = count + k, delta = mean_c - mean;
-        mean += delta * k / total;
-        m2 += m2_c + delta * delta * count * k / total;
-        count = total;
+      // Every channel has k values: the group's mean is their means' mean, and its sum of
+      // squared deviations theirs plus k times each mean's squared distance from it.
+      const int64_t c0 = g * per_group, c1 = c0 + per_group;
+      double mean = 0.0, m2 = 0.0;
+      for (int64_t c = c0; c < c1; ++c) mean += shift[n * s.cpad + c] + sum1[c] / k;
+      mean /= static_cast<double>(per_group);
+      for (int64_t c = c0; c < c1; ++c) {
+        const double delta = shift[n * s.cpad + c] + sum1[c] / k - mean;
+        m2 += std::max(0.0, sum2[c] - sum1[c] * sum1[c] / k) + k * delta * delta;
       }
-      const double rstd = 1.0 / std::sqrt(m2 / count + eps);
-      for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+      const double rstd = 1.0 / std::sqrt(m2 / (k * static_cast<double>(per_group)) + eps);
+      for (int64_t c = c0; c < c1; ++c) {
         const float scale = static_cast<float>(rstd) * (w.defined() ? w.const_data_ptr<float>()[c] : 1.0f);
         a[n * s.cpad + c] = scale;
         b[n * s.cpad + c] = (bb.defined() ? bb.const_data_ptr<float>()[c] : 0.0f) - static_cast<float>(mean) * scale;
