@@ -8,41 +8,17 @@ job, so the worker is free again within one step.
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.api.auth import require_api_key
 from app.api.schemas import GenerateRequest
-from app.api.validation import to_job
+from app.api.submit import JobRequest, endpoint, to_job, wait_for_result
 from app.api.views import job_view
 from app.engine.jobs import Job
-from app.engine.pool import WorkerPool
-from app.errors import Cancelled, InvalidRequest
-from app.pipeline.types import GenerationResult
+from app.errors import InvalidRequest
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["generate"])
-
-#: Seconds between two checks that the client is still connected.
-DISCONNECT_POLL = 0.25
-
-
-async def wait_for_result(job: Job, request: Request, pool: WorkerPool) -> GenerationResult:
-    """The job's result, or its error raised; cancels the job if the client disconnects."""
-    done = asyncio.ensure_future(job.wait())
-    try:
-        while not job.done:
-            await asyncio.wait({done}, timeout=DISCONNECT_POLL)
-            if not job.done and await request.is_disconnected():
-                pool.cancel(job)
-                raise Cancelled("the client disconnected")
-    finally:
-        done.cancel()
-    if job.error is not None:
-        raise job.error
-    return job.result
-
 
 def wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "")
@@ -67,7 +43,7 @@ def warning_headers(job: Job) -> dict[str, str]:
 async def generate(body: GenerateRequest, request: Request) -> Response:
     """Generate images and wait for them."""
     state = request.app.state
-    params, schedule = to_job(body, body.width, body.height, state.settings, state.pool.loaded_model())
+    params, schedule = to_job(JobRequest.of(body, body.width, body.height), state.settings, state.pool.loaded_model())
     json_form = wants_json(request)
     if params.n > 1 and not json_form:
         raise InvalidRequest(
@@ -75,7 +51,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
             "send 'Accept: application/json' to get them all, or n=1",
             param="n",
         )
-    job = state.pool.submit("generate", params, schedule)
+    job = state.pool.submit(endpoint(request), params, schedule)
     result = await wait_for_result(job, request, state.pool)
     headers = warning_headers(job)
     if json_form:

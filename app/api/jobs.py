@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api.auth import require_api_key
 from app.api.schemas import GenerateRequest
-from app.api.validation import to_job
+from app.api.submit import JobRequest, endpoint, to_job
 from app.api.views import job_view
 
 router = APIRouter(prefix="/v1/jobs", dependencies=[Depends(require_api_key)], tags=["jobs"])
@@ -25,8 +25,8 @@ router = APIRouter(prefix="/v1/jobs", dependencies=[Depends(require_api_key)], t
 async def create_job(body: GenerateRequest, request: Request) -> JSONResponse:
     """Queue a generation; 202 with the job, ``Location`` points at it."""
     state = request.app.state
-    params, schedule = to_job(body, body.width, body.height, state.settings, state.pool.loaded_model())
-    job = state.pool.submit("jobs", params, schedule)
+    params, schedule = to_job(JobRequest.of(body, body.width, body.height), state.settings, state.pool.loaded_model())
+    job = state.pool.submit(endpoint(request), params, schedule)
     return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 

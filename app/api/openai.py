@@ -13,9 +13,8 @@ import re
 from fastapi import APIRouter, Depends, Request
 
 from app.api.auth import require_api_key
-from app.api.generate import wait_for_result
 from app.api.schemas import ImageGenerationRequest
-from app.api.validation import to_job
+from app.api.submit import JobRequest, endpoint, to_job, wait_for_result
 from app.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["openai"])
@@ -42,8 +41,8 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
         )
     state = request.app.state
     width, height = _parse_size(body.size)
-    params, schedule = to_job(body, width, height, state.settings, state.pool.loaded_model())
-    job = state.pool.submit("openai", params, schedule)
+    params, schedule = to_job(JobRequest.of(body, width, height), state.settings, state.pool.loaded_model())
+    job = state.pool.submit(endpoint(request), params, schedule)
     result = await wait_for_result(job, request, state.pool)
     return {
         "created": int(job.created),

@@ -1,6 +1,6 @@
 """Request bodies of the generation routes. Unknown fields are refused (``extra="forbid"``)
 so a typo never silently falls back to a default; bounds that depend on settings
-(sizes, steps, images) are checked in ``app.api.validation``."""
+(sizes, steps, images) are checked in ``app.api.submit``."""
 
 from __future__ import annotations
 

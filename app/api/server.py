@@ -18,11 +18,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import app as package
 from app.api import errors, generate, health, jobs, models, openai
+from app.api.submit import endpoints
 from app.engine.jobs import JobStore
 from app.engine.metrics import Metrics
 from app.engine.pool import WorkerPool
 from app.errors import PayloadTooLarge
 from app.settings import Settings
+
+#: Every router of the app, in the order it matches them.
+ROUTERS = (generate.router, jobs.router, openai.router, models.router, health.router)
 
 
 class BodyLimit:
@@ -80,13 +84,13 @@ def create_app(settings: Settings) -> FastAPI:
         "Errors share one body: {\"error\": {\"message\", \"type\", \"param\", \"code\"}}.",
         lifespan=lifespan,
     )
-    metrics = Metrics()
+    metrics = Metrics(endpoints=endpoints(ROUTERS))
     job_store = JobStore(settings.job_ttl, settings.max_jobs_kept)
     app.state.settings, app.state.metrics, app.state.jobs = settings, metrics, job_store
     app.state.pool = WorkerPool(settings, metrics, job_store)
     app.state.started = time.time()
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    for module in (generate, jobs, openai, models, health):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app

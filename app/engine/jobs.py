@@ -36,7 +36,7 @@ TERMINAL_EVENTS = ("completed", "failed")
 class Job:
     id: str
     number: int  # small integer the worker compares with its cancel flag
-    endpoint: str  # "generate", "jobs" or "openai": the metrics label
+    endpoint: str  # the API family that admitted it: the metrics label
     params: GenerationParams
     schedule: list[str]
     deadline: float  # time.time()

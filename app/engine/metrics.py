@@ -9,23 +9,23 @@ every name they use is exported.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from app.errors import ERROR_TYPES
 
-#: The ``endpoint`` label values: the routes that admit generation requests.
-ENDPOINTS = ("generate", "jobs", "openai")
-
-# A step takes 0.01-5 s on CPU; a request 0.1-600 s.
+# Bounds in seconds, from a tiny model's step and request to an SD-sized model's on a few CPU cores.
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 PHASE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 REQUEST_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class Metrics:
-    """Every metric mixdiff exports, registered in one registry."""
+    """Every metric mixdiff exports, registered in one registry; ``endpoints`` are the ``endpoint``
+    label values, the API families of the app's routes that admit generation requests."""
 
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, endpoints: Iterable[str] = ()):
         self.registry = registry or CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)  # process_resident_memory_bytes etc. of the API process
@@ -82,7 +82,7 @@ class Metrics:
         self.model_info = Info("mixdiff_model", "The loaded model and the precisions it offers.", registry=r)
         # Every label value known in advance is exported at zero from the start, so the
         # first request shows as an increase (rate, increase) rather than as a new series.
-        for endpoint in ENDPOINTS:
+        for endpoint in endpoints:
             self.requests.labels(endpoint)
             self.request_seconds.labels(endpoint)
         for reason in ERROR_TYPES:

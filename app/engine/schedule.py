@@ -8,12 +8,13 @@ Three input forms, one resolved form (a list with one precision name per step):
 * an explicit list, ``["bf16", "int8", ...]``, one entry per step.
 
 ``resolve`` checks the schedule against the step count and the variants the loaded
-model offers, and raises ``InvalidRequest`` naming what to change.
+model offers, and raises ``InvalidRequest`` on ``precision`` naming what to change
+(and why the model lacks a precision it names, when it is told).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from itertools import groupby
 from typing import Annotated, Union
 
@@ -45,16 +46,26 @@ PrecisionSpec = Annotated[
 ]
 
 
-def resolve(spec: PrecisionSpec, steps: int, available: Collection[str]) -> list[str]:
-    """The per-step precision list for ``steps`` steps, checked against ``available``."""
+def _invalid(message: str, named: Collection[str], unavailable: Mapping[str, str] | None) -> InvalidRequest:
+    """``InvalidRequest`` on the schedule, with the reason of each ``named`` precision the model lacks."""
+    why = [f"{name}: {reason}" for name, reason in (unavailable or {}).items() if name in named]
+    return InvalidRequest(f"{message} ({'; '.join(why)})" if why else message, param=PARAM)
+
+
+def resolve(
+    spec: PrecisionSpec, steps: int, available: Collection[str], unavailable: Mapping[str, str] | None = None
+) -> list[str]:
+    """The per-step precision list for ``steps`` steps, checked against ``available``;
+    ``unavailable`` (precision -> why the model lacks it) explains the precisions an error names."""
     if isinstance(spec, str):
         per_step = [spec] * steps
     elif isinstance(spec, SplitSchedule):
         if spec.first + spec.last > steps:
-            raise InvalidRequest(
+            raise _invalid(
                 f"precision schedule asks for {spec.first} first + {spec.last} last steps at "
                 f"{spec.high!r}, more than the {steps} steps of the request",
-                param=PARAM,
+                [spec.high],
+                unavailable,
             )
         per_step = [spec.high] * spec.first + [spec.low] * (steps - spec.first - spec.last) + [spec.high] * spec.last
     else:
@@ -66,10 +77,11 @@ def resolve(spec: PrecisionSpec, steps: int, available: Collection[str]) -> list
         per_step = list(spec)
     unknown = sorted(set(per_step) - set(available))
     if unknown:
-        raise InvalidRequest(
+        raise _invalid(
             f"precision {', '.join(map(repr, unknown))} is not available for this model; "
             f"available: {', '.join(sorted(available))}",
-            param=PARAM,
+            unknown,
+            unavailable,
         )
     return per_step
 

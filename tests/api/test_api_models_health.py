@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 from pathlib import Path
 
 from PIL import Image
@@ -44,6 +45,7 @@ def test_openai_images_route(idle_worker):
     assert isinstance(out["created"], int)
     (image,) = out["data"]
     assert Image.open(io.BytesIO(base64.b64decode(image["b64_json"]))).size == (64, 64)
+    assert re.search(r'^mixdiff_requests_total{endpoint="openai"} [1-9]', idle_worker.get("/metrics").text, re.M)
 
 
 def test_openai_route_errors(client):
@@ -53,16 +55,18 @@ def test_openai_route_errors(client):
     assert size.status_code == 422 and "WIDTHxHEIGHT" in size.json()["error"]["message"]
 
 
-def test_metrics_export_known_series_at_zero_before_any_request():
+def test_metrics_export_known_series_at_zero_before_any_request(settings):
     """Rates see the first request as an increase only if the series existed before it."""
     from prometheus_client import generate_latest
 
-    from app.engine.metrics import Metrics
+    from app.api.server import create_app
 
-    metrics = Metrics()
+    metrics = create_app(settings).state.metrics
     metrics.offer_precisions(["bf16", "int8"])
     text = generate_latest(metrics.registry).decode()
-    assert 'mixdiff_requests_total{endpoint="openai"} 0.0' in text
+    endpoints = re.findall(r'^mixdiff_requests_total{endpoint="(\w+)"} 0.0$', text, re.M)
+    assert endpoints == ["generate", "jobs", "openai"]  # the routes that admit generation requests
+    assert 'mixdiff_request_duration_seconds_count{endpoint="openai"} 0.0' in text
     assert 'mixdiff_failures_total{reason="worker_died"} 0.0' in text
     assert 'mixdiff_denoise_steps_total{precision="int8"} 0.0' in text
     assert 'mixdiff_denoise_step_seconds_count{precision="bf16"} 0.0' in text

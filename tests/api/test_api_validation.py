@@ -1,16 +1,36 @@
 """``to_job``: what a request leaves out comes from the model, within the server's bounds."""
 
+import pytest
+
 from app.api.schemas import GenerateRequest
-from app.api.validation import to_job
+from app.api.submit import JobRequest, to_job
 from app.engine.pool import LoadedModel
+from app.errors import InvalidRequest
 from app.settings import Settings
 
 MODEL = LoadedModel({"default_size": 64, "defaults": {"steps": 150, "guidance_scale": 5.0}}, ["bf16"], ["ddim"])
 
 
+def job(**fields) -> JobRequest:
+    body = GenerateRequest(**fields)
+    return JobRequest.of(body, body.width, body.height)
+
+
 def test_steps_and_guidance_a_request_leaves_out_are_the_models():
     settings = Settings(model="tiny-random", max_steps=100)
-    params, schedule = to_job(GenerateRequest(prompt="a red circle"), None, None, settings, MODEL)
+    params, schedule = to_job(job(prompt="a red circle"), settings, MODEL)
     assert (params.steps, params.guidance_scale, len(schedule)) == (100, 5.0, 100)  # brought within max_steps
-    params, schedule = to_job(GenerateRequest(prompt="a cat", steps=3, guidance_scale=1.0), None, None, settings, MODEL)
+    params, schedule = to_job(job(prompt="a cat", steps=3, guidance_scale=1.0), settings, MODEL)
     assert (params.steps, params.guidance_scale, schedule) == (3, 1.0, ["bf16"] * 3)
+
+
+def test_an_unavailable_precision_says_why_the_model_lacks_it():
+    info = {**MODEL.info, "unavailable": {"int8": "no artifact: run mixdiff quantize ptq", "fp16": "unknown"}}
+    model = LoadedModel(info, MODEL.precisions, MODEL.schedulers)
+    with pytest.raises(InvalidRequest) as err:
+        to_job(job(prompt="a cat", steps=2, precision="int8"), Settings(model="tiny-random"), model)
+    assert err.value.param == "precision"
+    assert err.value.message == (
+        "precision 'int8' is not available for this model; available: bf16 "
+        "(int8: no artifact: run mixdiff quantize ptq)"
+    )

@@ -44,6 +44,25 @@ def test_bad_schedules_say_what_to_change(spec, steps, needle):
     assert err.value.status == 422
 
 
+@pytest.mark.parametrize(
+    "spec, steps, message",
+    [
+        ("int4", 2, "precision 'int4' is not available for this model; available: bf16, fp32, int8 (int4: no kernel)"),
+        (
+            {"high": "int4", "low": "fp32", "first": 2, "last": 2},
+            3,
+            "precision schedule asks for 2 first + 2 last steps at 'int4', more than the 3 steps of the request "
+            "(int4: no kernel)",
+        ),
+        (["fp32", "fp8"], 2, "precision 'fp8' is not available for this model; available: bf16, fp32, int8"),
+    ],
+)
+def test_errors_say_why_the_model_lacks_a_precision_they_name(spec, steps, message):
+    with pytest.raises(InvalidRequest) as err:
+        resolve(parse(spec), steps, AVAILABLE, {"int4": "no kernel", "fp16": "no fp16 kernel"})
+    assert (err.value.message, err.value.param) == (message, "precision")
+
+
 def test_split_form_rejects_unknown_keys_and_negative_counts():
     with pytest.raises(ValueError):
         SplitSchedule.model_validate({"first": 1, "last": 1, "middle": 2})

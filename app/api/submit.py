@@ -1,0 +1,136 @@
+"""The seam every API family goes through to run a job.
+
+A family maps its body onto a ``JobRequest``; ``to_job`` checks it against the
+settings and the loaded model and makes it what a worker runs (``GenerationParams``
+and the per-step schedule), each check with a message that says what to change. A
+family that answers with the images waits for them with ``wait_for_result``. The
+family is its router's tag: the ``endpoint`` label of the metrics, taken from the
+route that serves the request (``endpoint``) and, for the series exported before any
+request, from the registered routers (``endpoints``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+
+from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
+
+from app.api.schemas import GenerateRequest, GenerationFields, ImageGenerationRequest
+from app.engine.jobs import Job
+from app.engine.pool import LoadedModel, WorkerPool
+from app.engine.schedule import PrecisionSpec, resolve
+from app.errors import Cancelled, InvalidRequest
+from app.pipeline.types import GenerationParams, GenerationResult
+from app.settings import Settings
+
+#: Seconds between two checks that the client is still connected.
+DISCONNECT_POLL = 0.25
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a request of any family asks of a job; ``None`` leaves a value to the model or the settings."""
+
+    prompt: str
+    negative_prompt: str | None
+    width: int | None
+    height: int | None
+    steps: int | None
+    guidance_scale: float | None
+    seed: int | None
+    n: int
+    scheduler: str | None
+    precision: PrecisionSpec | None
+
+    @classmethod
+    def of(cls, body: GenerateRequest | ImageGenerationRequest, width: int | None, height: int | None) -> JobRequest:
+        """The job ``body`` asks for: its fields of the same names, and the size its family spells its own way."""
+        common = (field.name for field in fields(cls) if field.name not in ("width", "height"))
+        return cls(width=width, height=height, **{name: getattr(body, name) for name in common})
+
+
+def _size(name: str, value: int | None, settings: Settings, model: LoadedModel) -> int:
+    if value is None:  # the model's own size, brought within the configured bounds
+        return min(max(int(model.info["default_size"]), settings.min_size), settings.max_size)
+    if value % 8:
+        raise InvalidRequest(f"{name} must be a multiple of 8, got {value}", param=name)
+    if not settings.min_size <= value <= settings.max_size:
+        raise InvalidRequest(
+            f"{name} must be between {settings.min_size} and {settings.max_size} pixels, got {value}", param=name
+        )
+    return value
+
+
+def to_job(job: JobRequest, settings: Settings, model: LoadedModel) -> tuple[GenerationParams, list[str]]:
+    """Check ``job`` against settings and model; what a worker runs."""
+    width, height = _size("width", job.width, settings, model), _size("height", job.height, settings, model)
+    defaults = model.info["defaults"]
+    if job.steps is None:  # the model's own, brought within the configured bound
+        steps = min(defaults["steps"], settings.max_steps)
+    elif job.steps > settings.max_steps:
+        raise InvalidRequest(f"steps must be at most {settings.max_steps}, got {job.steps}", param="steps")
+    else:
+        steps = job.steps
+    if job.n > settings.max_images:
+        raise InvalidRequest(f"n must be at most {settings.max_images}, got {job.n}", param="n")
+    scheduler = job.scheduler or settings.default_scheduler
+    if scheduler not in model.schedulers:
+        raise InvalidRequest(
+            f"unknown scheduler {scheduler!r}; available: {', '.join(model.schedulers)}", param="scheduler"
+        )
+    spec = job.precision if job.precision is not None else settings.default_precision
+    schedule = resolve(spec, steps, model.precisions, model.info.get("unavailable"))
+    params = GenerationParams(
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=defaults["guidance_scale"] if job.guidance_scale is None else job.guidance_scale,
+        seed=job.seed if job.seed is not None else secrets.randbelow(2**32),
+        n=job.n,
+        scheduler=scheduler,
+    )
+    return params, schedule
+
+
+async def wait_for_result(job: Job, request: Request, pool: WorkerPool) -> GenerationResult:
+    """The job's result, or its error raised; cancels the job if the client disconnects."""
+    done = asyncio.ensure_future(job.wait())
+    try:
+        while not job.done:
+            await asyncio.wait({done}, timeout=DISCONNECT_POLL)
+            if not job.done and await request.is_disconnected():
+                pool.cancel(job)
+                raise Cancelled("the client disconnected")
+    finally:
+        done.cancel()
+    if job.error is not None:
+        raise job.error
+    return job.result
+
+
+def endpoint(request: Request) -> str:
+    """The family of the route serving ``request``: the ``endpoint`` label of its job."""
+    return request.scope["route"].tags[0]
+
+
+def _admits_jobs(route: APIRoute) -> bool:
+    body = route.body_field.field_info.annotation if route.body_field is not None else None
+    return isinstance(body, type) and issubclass(body, GenerationFields)
+
+
+def endpoints(routers: Iterable[APIRouter]) -> list[str]:
+    """The families of ``routers``, in order: the tags of their routes whose body asks for a job."""
+    return list(
+        dict.fromkeys(
+            route.tags[0]
+            for router in routers
+            for route in router.routes
+            if isinstance(route, APIRoute) and _admits_jobs(route)
+        )
+    )
