@@ -60,20 +60,19 @@ class Settings(BaseSettings):
     default_precision: str = Field("bf16", description="precision schedule of requests that name none")
     compile: bool = Field(
         False,
-        description="torch.compile the fp32/bf16 UNets: faster steps (about 1.3x on SD 1.5) for minutes of "
-        "compilation at worker start-up",
+        description="torch.compile the fp32/bf16 UNets: faster steps for minutes of compilation at worker "
+        "start-up (how much faster depends on the CPU: see Speed in docs/QUANTIZATION.md)",
     )
     fused_attention: bool = Field(
         True,
-        description="run the bf16 UNet's attention with mixdiff's fused kernel (kernels/; about 0.4x of SDPA's "
-        "time on SD 1.5 on an AVX-512 BF16 CPU, bench/attention.py) rather than PyTorch's SDPA. int8 artifacts "
-        "have theirs built in",
+        description="run the bf16 UNet's attention with mixdiff's fused kernel (kernels/; faster than SDPA on an "
+        "AVX-512 BF16 CPU: docs/KERNELS.md) rather than PyTorch's SDPA. int8 artifacts have theirs built in",
     )
     default_scheduler: str = Field("ddim", description="scheduler of requests that name none")
     vae_precision: Literal["fp32", "bf16"] = Field(
         "bf16",
-        description="what the VAE decodes images in: bf16 takes a fifth of fp32's time on SD 1.5 "
-        "(about 9 s less per 512x512 image on 2 cores)",
+        description="what the VAE decodes images in: bf16 takes a fraction of fp32's time "
+        "(see Speed in docs/QUANTIZATION.md)",
     )
 
     # -- workers ---------------------------------------------------------------------------

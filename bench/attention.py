@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from quantization.bench import against_reference
+from bench.unet_step import against_reference
 
 #: (query tokens, key tokens, head_dim, layers per SD 1.5 step) at 64x64, 32x32 and 16x16 latents and the mid-block.
 SHAPES = (

@@ -23,8 +23,8 @@ from torch import nn
 
 import kernels
 from app.pipeline.variants import EagerUNet
+from bench.unet_step import against_reference, interleaved, random_inputs, sd15_unet
 from kernels.group_norm import use_fused_group_norm
-from quantization.bench import against_reference, interleaved, random_inputs, sd15_unet
 
 
 def captured_norms(unet: EagerUNet, inputs) -> collections.Counter:
@@ -78,8 +78,8 @@ def main() -> None:
     shapes = captured_norms(aten_unet, inputs)
 
     print()
-    print(f"| channels, HxW, groups, +SiLU (per step) | ATen (ms) | mixdiff (ms, vs ATen) | rel. error vs FP32: "
-          f"ATen | mixdiff |")
+    print("| channels, HxW, groups, +SiLU (per step) | ATen (ms) | mixdiff (ms, vs ATen) | rel. error vs FP32: "
+          "ATen | mixdiff |")
     print("|---|---|---|---|---|")
     total = {"aten": 0.0, "fused": 0.0}
     with torch.inference_mode():

@@ -10,12 +10,14 @@ the residual) and a feed-forward half (linear, GELU, linear plus the residual), 
 ``mixdiff quantize ptq`` quantizes (PT2E, ``X86InductorQuantizer``, BF16 elsewhere).
 Variants: ``torch.compile`` with freezing (Python wrapper), the same with Inductor's C++
 wrapper, the AOTInductor package built with the artifacts' settings
-(``quantization.ptq.AOTI_CONFIG``) as AOTInductor loads it, one built with AOTInductor's
-defaults (weights inside the ``.so``), and the package as the artifacts load it
-(``quantization.artifact``: its constants handed to it 64-byte aligned; AOTInductor's
-own loader leaves them 16 bytes past a cache line). The C++ wrapper variant generates the same C++ as
-the package, but its frozen weights are the tensors Inductor made in this process; the
-package's are the constants it loads. ``--onednn-verbose`` logs one more run of each
+(``quantization.package.AOTI_CONFIG``) as AOTInductor loads it, one built with
+AOTInductor's defaults (weights inside the ``.so``), and the package as the artifacts
+load it (``quantization.runtime.load_package``: its constants handed to it 64-byte
+aligned; AOTInductor's own loader leaves them 16 bytes past a cache line:
+docs/notes/quantization-design.md, "The artifact's files"). The C++ wrapper variant
+generates the same C++ as the package, but its frozen weights are the tensors Inductor
+made in this process; the package's are the constants it loads. Results:
+docs/notes/quantization-history.md, "Intel Xeon with AMX". ``--onednn-verbose`` logs one more run of each
 variant, each after a ``MARK <variant>`` line. Run it as the server's workers run
 (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``).
 """
@@ -30,8 +32,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from quantization import artifact, ptq
-from quantization.bench import interleaved
+from bench.unet_step import interleaved
+from quantization.graph import drop_tensor_metadata_asserts
+from quantization.methods.ptq import make_quantizer
+from quantization.package import AOTI_CONFIG, constants_apart
+from quantization.runtime import load_package
 
 
 class Block(torch.nn.Module):
@@ -75,11 +80,11 @@ def quantized_stack(channels: int, size: int, blocks: int) -> tuple[torch.fx.Gra
     torch.manual_seed(0)
     x = torch.randn(2, channels, size, size)
     graph = torch.export.export(Stack(channels, blocks).eval(), (x,)).module()
-    prepared = prepare_pt2e(graph, ptq.make_quantizer())
+    prepared = prepare_pt2e(graph, make_quantizer())
     for seed in range(2):
         prepared(torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)))
     converted = convert_pt2e(prepared)
-    ptq._drop_tensor_metadata_asserts(converted)
+    drop_tensor_metadata_asserts(converted)
     return converted, x
 
 
@@ -105,16 +110,16 @@ def main() -> None:
             steps[name] = lambda compiled=compiled: compiled(x)
         program = torch.export.export(bf16, (x,)).run_decompositions({})
         work = Path(tmp)
-        for name, config in (("AOTInductor package", ptq.AOTI_CONFIG), ("AOTInductor, default settings", {"freezing": True})):
+        for name, config in (("AOTInductor package", AOTI_CONFIG), ("AOTInductor, default settings", {"freezing": True})):
             package = torch._inductor.aoti_compile_and_package(
                 program, package_path=str(work / f"block-{len(steps)}.pt2"), inductor_configs=config
             )
             runner = torch._inductor.aoti_load_package(package)
             steps[name] = lambda runner=runner: runner(x)
         package, weights = work / "block-aligned.pt2", work / "block-aligned.safetensors"
-        with artifact.constants_apart(package, weights):
-            torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs=ptq.AOTI_CONFIG)
-        aligned = artifact.load_package(package, weights)
+        with constants_apart(package, weights):
+            torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs=AOTI_CONFIG)
+        aligned = load_package(package, weights)
         steps["AOTInductor package, constants aligned (artifacts)"] = lambda: aligned(x)
 
         times = interleaved(steps, args.rounds)

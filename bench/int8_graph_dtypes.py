@@ -20,8 +20,10 @@ import collections
 import torch
 from diffusers import UNet2DConditionModel
 
-from quantization import ptq
-from quantization.calibration import UNetInputs
+from quantization.graph import export_unet
+from quantization.inputs import BATCH, UNetInputs
+from quantization.methods.ptq import make_quantizer, quantize_graph
+from quantization.package import export_bf16
 from quantization.quantizer import torchao_default
 
 OPS = ("add", "conv2d", "linear", "group_norm", "layer_norm", "silu", "gelu", "mul", "div",
@@ -48,13 +50,13 @@ def main() -> None:
     config = unet.config
     size = config.sample_size
     example = UNetInputs(
-        torch.randn(ptq.BATCH, config.in_channels, size, size),
-        torch.full((ptq.BATCH,), 500.0),
-        torch.randn(ptq.BATCH, args.tokens, config.cross_attention_dim),
+        torch.randn(BATCH, config.in_channels, size, size),
+        torch.full((BATCH,), 500.0),
+        torch.randn(BATCH, args.tokens, config.cross_attention_dim),
     )
-    quantizer = torchao_default() if args.quantizer == "torchao" else ptq.make_quantizer()
-    converted = ptq.quantize_graph(ptq.export_unet(unet, example), quantizer, [example])
-    graph = ptq.export_bf16(converted, example).graph_module.graph
+    quantizer = torchao_default() if args.quantizer == "torchao" else make_quantizer()
+    converted = quantize_graph(export_unet(unet, example), quantizer, [example])
+    graph = export_bf16(converted, example).graph_module.graph
 
     census, feeders = collections.Counter(), collections.Counter()
     for node in graph.nodes:

@@ -1,6 +1,6 @@
 """The same INT8 UNet graph run two ways, beside BF16 compiled: ``torch.compile`` (Inductor,
 freezing, inside BF16 autocast: torchao's documented int8-mixed-bf16 flow) and the
-AOTInductor package the artifacts ship (``quantization.artifact.build_package``).
+AOTInductor package the artifacts ship (``quantization.package.build_package``).
 
     python bench/int8_inductor_vs_aoti.py [--rounds 5]
     python bench/int8_inductor_vs_aoti.py --onednn-verbose int8-aotinductor > aoti.log
@@ -10,9 +10,9 @@ AOTInductor package the artifacts ship (``quantization.artifact.build_package``)
 verbose log on, after a ``MARK`` line (what ``bench/onednn_summary.py`` reads).
 
 SD 1.5's UNet architecture with random weights, CFG batch 2, 64x64 latents; calibrated
-as ``mixdiff bench`` calibrates. Builds take about 8 minutes on 2 cores; the steps are
-timed interleaved, round after round, and reported as medians and ratios to BF16
-compiled. Run it as the server's workers run (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``).
+as ``mixdiff bench`` calibrates. Builds take minutes; the steps are timed interleaved,
+round after round, and reported as medians and ratios to BF16 compiled (results:
+docs/notes/quantization-history.md, "Intel Xeon with AMX"). Run it as the server's workers run (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from app.pipeline.variants import EagerUNet
-from quantization.artifact import build_package, load_package
-from quantization.bench import int8_graph, interleaved, random_inputs, ratio_table, sd15_unet
+from bench.unet_step import int8_graph, interleaved, random_inputs, ratio_table, sd15_unet
+from quantization.package import build_package
+from quantization.runtime import load_package
 
 
 def main() -> None:

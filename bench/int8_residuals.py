@@ -14,12 +14,14 @@ graphs, ``torchao default`` (residuals quantized) and, by ``--compare``:
   addition, so the stream is BF16 as in the BF16 UNet.
 
 Each is built as an AOTInductor package the way the artifacts are
-(``quantization.artifact.build_package``), on SD 1.5's UNet architecture with random
+(``quantization.package.build_package``), on SD 1.5's UNet architecture with random
 weights (CFG batch 2, 64x64 latents, calibrated as ``mixdiff bench`` calibrates); steps
 are timed interleaved with BF16 compiled. Also prints each graph's output error against
-the FP32 UNet. Builds take about 8 minutes on 2 cores; a third build in the same process
-does not fit in 23 GB, hence one comparison per run. Run it as the server's workers run
-(``GLIBC_TUNABLES`` as ``app.engine.malloc`` sets it).
+the FP32 UNet. Builds take minutes; a third build in the same process ran the
+development machine out of memory (docs/notes/quantization-history.md, "Keeping the
+memory"), hence one comparison per run. Run it as the server's workers run
+(``GLIBC_TUNABLES`` as ``common.malloc`` sets it). Its results are in
+docs/notes/quantization-history.md, "The residual stream in BF16".
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ from pathlib import Path
 
 import torch
 
-from app.engine import malloc
 from app.pipeline.variants import EagerUNet
-from quantization.artifact import build_package, load_package
-from quantization.bench import int8_graph, interleaved, random_inputs, ratio_table, sd15_unet
+from bench.unet_step import int8_graph, interleaved, random_inputs, ratio_table, sd15_unet
+from common import malloc
+from quantization.package import build_package
 from quantization.quantizer import torchao_default
+from quantization.runtime import load_package
 
 DEQUANTIZE = (
     torch.ops.quantized_decomposed.dequantize_per_tensor.default,

@@ -4,7 +4,7 @@
 
 glibc reads ``GLIBC_TUNABLES`` when a process starts, so the settings cannot be
 interleaved in one process: each pair runs ``bench/profile_step.py`` once with
-``glibc.malloc.hugetlb=1`` alone and once with the tunables ``app.engine.malloc`` sets, one after
+``glibc.malloc.hugetlb=1`` alone and once with the tunables ``common.malloc`` sets, one after
 the other, for the INT8 artifact and for the compiled BF16 UNet (which compiles again in
 every process). Prints the median step of each setting over all its processes, and the
 ratio. The folder is ``mixdiff bench --service``'s SD 1.5 pipeline with random weights
@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.engine.malloc import with_tunables
+from common.malloc import with_tunables
 
 SETTINGS = {
     "huge pages alone": "glibc.malloc.hugetlb=1",

@@ -4,10 +4,12 @@
 
 The weights are prepacked as freezing prepacks them, then their bytes are copied to
 addresses 0, 16 and 32 bytes past a 64-byte boundary and wrapped as oneDNN tensors
-again (as ``quantization.artifact`` wraps an artifact's constants). The convolution
+again (as ``quantization.runtime`` wraps an artifact's constants). The convolution
 (u8 activations, residual added, FP32 out, as in a ResNet block of SD 1.5's UNet) runs
 with each, interleaved, and must give the same output with each. AOTInductor's own
-loader leaves every constant 16 bytes past a cache line (docs/QUANTIZATION.md).
+loader leaves every constant 16 bytes past a cache line (docs/notes/quantization-design.md,
+"The artifact's files"; the measurements are in docs/notes/quantization-history.md,
+"Intel Xeon with AMX").
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import statistics
 
 import torch
 
-from quantization.artifact import ALIGNMENT, _Shim
-from quantization.bench import interleaved
+from bench.unet_step import interleaved
+from quantization.runtime import ALIGNMENT, _Shim
 
 
 def main() -> None:

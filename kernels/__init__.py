@@ -1,7 +1,8 @@
 """CPU kernels where PyTorch leaves speed on the table, as ``torch.ops.mixdiff`` ops.
 
-The C++ sources under ``csrc/`` are compiled on first use (about 15 s) into a cache keyed
-by their contents and loaded from there afterwards; ``load()`` does that once per process
+The C++ sources under ``csrc/`` are compiled on first use (how long that takes:
+docs/KERNELS.md, "Building and loading") into a cache keyed by their contents and
+loaded from there afterwards; ``load()`` does that once per process
 (``kernels/build.py``).
 """
 

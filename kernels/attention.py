@@ -6,8 +6,9 @@ the same with q·kᵀ computed in INT8 where there are 512 keys or more (SageAtt
 way: keys centred, both sides quantized per token). In BF16 on a CPU with AVX-512 BF16 and VNNI they run
 ``csrc/attention.cpp``, otherwise ATen's SDPA. Both have a fake (meta) rule, so
 ``torch.compile`` and ``torch.export`` take each as one opaque op (AOTInductor packages
-call them by name: the process that loads one must ``load()`` first), and an autocast
-rule, so under BF16 autocast they get BF16 inputs as SDPA does.
+call them by name: the process that loads one must ``load()`` first), an autocast
+rule, so under BF16 autocast they get BF16 inputs as SDPA does, and SDPA's backward
+(``kernels/ops.py``).
 """
 
 from __future__ import annotations
@@ -21,19 +22,6 @@ from kernels.build import load
 
 log = logging.getLogger(__name__)
 
-#: The ``torch.ops.mixdiff`` op a processor calls, by whether it computes the scores in INT8.
-OPS = {False: "attention", True: "int8_attention"}
-
-
-def register_rules() -> None:
-    """The ops' fake and autocast rules; ``load()`` calls this once the library is loaded."""
-
-    def fake(q, k, v, scale):
-        return q.new_empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3])).transpose(1, 2)
-
-    for name in OPS.values():
-        torch.library.register_fake(f"mixdiff::{name}", fake)
-        torch.library.register_autocast(f"mixdiff::{name}", "cpu", torch.bfloat16)
 
 
 def _plain(attn: Attention) -> bool:
@@ -58,7 +46,7 @@ class FusedAttnProcessor:
 
     def __init__(self, int8_scores: bool = False):
         load()
-        self.op = getattr(torch.ops.mixdiff, OPS[int8_scores])
+        self.op = torch.ops.mixdiff.int8_attention if int8_scores else torch.ops.mixdiff.attention
         self.fallback = AttnProcessor2_0()
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):

@@ -2,10 +2,10 @@
 
 The library goes to ``$MIXDIFF_KERNELS_DIR/<key>/`` (by default under
 ``~/.cache/mixdiff/kernels``), ``key`` a hash of the sources and headers, the build flags and the
-torch version: an edit or an upgrade builds anew (Torch's extension builder, about 15
-seconds, needs a C++ compiler and ninja), and an existing build is loaded as it is,
-with nothing written, so an image can carry it prebuilt on a read-only file system
-(the Dockerfile does). The vector code is compiled for AVX-512 BF16 with per-function
+torch version: an edit or an upgrade builds anew (Torch's extension builder, which needs
+a C++ compiler and ninja; how long it takes: docs/KERNELS.md, "Building and loading"),
+and an existing build is loaded as it is, with nothing written, so an image can carry it
+prebuilt on a read-only file system (the Dockerfile does). The vector code is compiled for AVX-512 BF16 with per-function
 target attributes and chosen at run time, so a library built on any x86 CPU runs on
 any other (computing through ATen where that ISA is absent). It links the OpenMP
 runtime by soname, so ``at::parallel_for`` shares the one torch has loaded.
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 from torch.utils import cpp_extension
+
+from kernels import ops
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,7 @@ def load() -> None:
         )
         os.replace(work / f"{NAME}.so", library)
         shutil.rmtree(work, ignore_errors=True)
-    from kernels import attention, group_norm
-
-    attention.register_rules()
-    group_norm.register_rules()
+    ops.register_rules()
     log.info(
         "mixdiff kernels %s in %.1f s (AVX-512 BF16: %s)",
         library.parent.name,

@@ -26,15 +26,6 @@ from kernels.build import load
 log = logging.getLogger(__name__)
 
 
-def register_rules() -> None:
-    """The op's fake rule; ``load()`` calls this once the library is loaded."""
-
-    def fake(x, groups, weight, bias, eps, silu):
-        return torch.empty_like(x)
-
-    torch.library.register_fake("mixdiff::group_norm", fake)
-
-
 def group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
     """``norm(x)``, then SiLU with ``silu``, in one op."""
     return torch.ops.mixdiff.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps, silu)

@@ -6,8 +6,9 @@ tensor twice and using the second. Where the tensor is a view with its buffer's 
 layout, spelling it emits a new tensor handle, so the first spelling leaves a handle that
 nothing releases: the buffer it holds outlives every call. INT8 linears with the residual
 addition folded in (``onednn.qlinear_pointwise.binary_tensor``, whose ``other`` is a
-``Tensor?``) take the residual so: an SD 1.5 package leaked every attention's residual,
-about 90 MB per step at 512x512, until the worker ran out of memory. Inside
+``Tensor?``) take the residual so: an SD 1.5 package leaked every attention's residual
+on every step until the worker ran out of memory (docs/notes/quantization-design.md,
+"A leak in AOTInductor's wrapper code"). Inside
 ``releasing_optional_tensor_handles()`` the tensor is spelled once.
 """
 

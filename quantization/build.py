@@ -1,8 +1,10 @@
-"""From a pipeline to an artifact folder: calibrate, scan, quantize, compile, measure.
+"""From a pipeline to an artifact folder, the same steps for every method: capture the
+model's own UNet inputs, export, scan for fallback layers, quantize (the method's step),
+compile and check, write the manifest, load it as the server will and measure its fidelity.
 
-``build_artifact`` is what ``mixdiff quantize ptq`` runs. Every step's cost goes in
+``build_artifact`` is what ``mixdiff quantize <method>`` runs. Every step's cost goes in
 the manifest next to what it made, so the memory and start-up price of several
-timestep groups, or of a sensitivity scan, is on record with the artifact.
+timestep groups, a sensitivity scan or a training run is on record with the artifact.
 """
 
 from __future__ import annotations
@@ -16,14 +18,23 @@ from pathlib import Path
 import psutil
 import torch
 
-from quantization import artifact, calibration, ptq, sensitivity
-from quantization.calibration import UNetInputs
+from quantization import calibration, package, runtime, sensitivity
+from quantization.graph import UNetGraph, export_unet
+from quantization.inputs import BATCH, TimestepGroups, UNetInputs, run_in_batches
 
 log = logging.getLogger(__name__)
 
 #: Largest relative MSE between a compiled package and its eager reference that a build
 #: accepts. Rounding alone gives 1e-4..1e-3; the miscompilations seen gave 0.3..0.5.
 COMPILE_TOLERANCE = 2e-2
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method's ``quantize`` may use beside its graph and calibration inputs."""
+
+    pipe: object  # the FP32 diffusers pipeline; ``pipe.unet`` is the UNet being quantized
+    timestep_groups: int  # packages, each with the activation scales of its range of timesteps
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,8 @@ def fidelity(variant, unet: torch.nn.Module, inputs: list[UNetInputs]) -> dict:
     cosines = []
     with torch.no_grad():
         for item in inputs:
-            ref = ptq.UNetGraph(unet)(*item.args())
-            out = variant(item.sample, item.timestep, item.encoder_hidden_states, _added(item))
+            ref = UNetGraph(unet)(*item.args())
+            out = variant(item.sample, item.timestep, item.encoder_hidden_states, item.added_cond_kwargs())
             error += float(((out - ref) ** 2).sum())
             norm += float((ref**2).sum())
             cosines.append(float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0)))
@@ -80,17 +91,17 @@ class MiscompiledError(ValueError):
     """The compiled package computes something else than the quantized graph it was compiled from."""
 
 
-def check_compiled(converted: torch.fx.GraphModule, package: Path, weights: Path, inputs: list[UNetInputs]) -> float:
+def check_compiled(converted: torch.fx.GraphModule, package_path: Path, weights: Path, inputs: list[UNetInputs]) -> float:
     """Relative MSE of the compiled package against the converted graph run eagerly (BF16
     for the rest, as the package runs it) on ``inputs``; ``MiscompiledError`` above
     ``COMPILE_TOLERANCE``. Both use the same INT8 weights and scales, so they differ by
     rounding only, unless Inductor's fusion passes got the graph wrong."""
-    runner = artifact.load_package(package, weights)
+    runner = runtime.load_package(package_path, weights)
     error = norm = 0.0
     with torch.no_grad():
         for item in inputs:
-            want = ptq.run_bf16(converted, item)
-            got = ptq.run_in_batches(runner, item.args())
+            want = package.run_bf16(converted, item)
+            got = run_in_batches(runner, item.args())
             error += float(((got - want) ** 2).sum())
             norm += float((want**2).sum())
     rel_mse = error / max(norm, 1e-30)
@@ -101,10 +112,6 @@ def check_compiled(converted: torch.fx.GraphModule, package: Path, weights: Path
             "layers cause this (docs/QUANTIZATION.md), so try other ones"
         )
     return rel_mse
-
-
-def _added(item: UNetInputs):
-    return {"text_embeds": item.added[0], "time_ids": item.added[1]} if item.added else None
 
 
 def _manual_fallback(unet: torch.nn.Module, fallback: str) -> list[str]:
@@ -128,18 +135,21 @@ def fallback_attempts(fallback: list[str], *, auto: bool) -> list[list[str]]:
     return [fallback] + [fallback[:i] + fallback[i + 1 :] for i in reversed(range(len(fallback)))]
 
 
-def _compile_groups(graph, fallback: list[str], per_group, groups, out: Path, options: BuildOptions) -> list[dict]:
-    """Quantize, compile and check one package per timestep group into ``out``; their manifest records."""
+def _compile_groups(
+    method, context: BuildContext, graph, fallback: list[str], per_group, groups, out: Path, options: BuildOptions
+) -> list[dict]:
+    """Quantize (by ``method``), compile and check one package per timestep group into ``out``;
+    their manifest records."""
     group_records = []
     for g, items in enumerate(per_group):
         start = time.perf_counter()
-        converted = ptq.quantize_graph(graph, ptq.make_quantizer(fallback), items)
+        converted = method.quantize(graph, fallback, items, context)
         quantize_s = time.perf_counter() - start
         start = time.perf_counter()
-        package, weights = out / artifact.package_name(g), out / artifact.weights_name(g)
-        artifact.build_package(converted, items[0], package, weights)
+        package_path, weights = out / package.package_name(g), out / package.weights_name(g)
+        package.build_package(converted, items[0], package_path, weights)
         compile_s = time.perf_counter() - start
-        agreement = check_compiled(converted, package, weights, _strided(items, options.compile_check_inputs))
+        agreement = check_compiled(converted, package_path, weights, _strided(items, options.compile_check_inputs))
         log.info(
             "group %d: quantized in %.0f s, compiled in %.0f s; compiled vs eager rel. MSE %.1e",
             g, quantize_s, compile_s, agreement,
@@ -148,10 +158,10 @@ def _compile_groups(graph, fallback: list[str], per_group, groups, out: Path, op
             {
                 "t_min": groups.bounds[g],
                 "t_max": groups.bounds[g + 1],
-                "file": package.name,
+                "file": package_path.name,
                 "weights": weights.name,
                 "calibration_inputs": len(items),
-                "bytes": package.stat().st_size + weights.stat().st_size,
+                "bytes": package_path.stat().st_size + weights.stat().st_size,
                 "quantize_seconds": round(quantize_s, 2),
                 "compile_seconds": round(compile_s, 2),
                 "compiled_vs_eager_rel_mse": agreement,
@@ -161,9 +171,10 @@ def _compile_groups(graph, fallback: list[str], per_group, groups, out: Path, op
     return group_records
 
 
-def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -> dict:
-    """Quantize ``pipe.unet`` into the artifact folder ``out`` (created; must not exist),
-    calibrated on the FP32 model's own denoising runs of ``prompts``; its manifest."""
+def build_artifact(method, pipe, prompts: list[str], out: Path, options: BuildOptions) -> dict:
+    """Quantize ``pipe.unet`` by ``method`` (a config of ``quantization.methods``) into the
+    artifact folder ``out`` (created; must not exist), calibrated on the FP32 model's own
+    denoising runs of ``prompts``; its manifest."""
     if out.exists():
         raise FileExistsError(f"{out} already exists; remove it or choose another --out name")
     _manual_fallback(pipe.unet, options.fallback)  # a typo fails now, not after calibration
@@ -180,13 +191,20 @@ def build_artifact(pipe, prompts: list[str], out: Path, options: BuildOptions) -
     seconds = time.perf_counter() - start
     log.info("captured %d UNet inputs in %.0f s", len(captured), seconds)
     source = {"prompts": len(prompts), "prompt_examples": prompts[:3], "scheduler": type(pipe.scheduler).__name__}
-    return build_from_inputs(pipe, captured, out, options, source=source, calibration_seconds=seconds)
+    return build_from_inputs(method, pipe, captured, out, options, source=source, calibration_seconds=seconds)
 
 
 def build_from_inputs(
-    pipe, captured: list[UNetInputs], out: Path, options: BuildOptions, *, source: dict, calibration_seconds: float = 0.0
+    method,
+    pipe,
+    captured: list[UNetInputs],
+    out: Path,
+    options: BuildOptions,
+    *,
+    source: dict,
+    calibration_seconds: float = 0.0,
 ) -> dict:
-    """Quantize ``pipe.unet`` into ``out`` calibrated on ``captured`` UNet inputs (every
+    """Quantize ``pipe.unet`` by ``method`` into ``out`` calibrated on ``captured`` UNet inputs (every
     ``options.holdout_every``-th held out to measure fidelity); ``source`` says in the
     manifest where the inputs came from. Its manifest."""
     if out.exists():
@@ -197,10 +215,11 @@ def build_from_inputs(
 
     # 1. calibration inputs, and the held-out ones fidelity is measured on
     calib, held_out = split_holdout(captured, options.holdout_every)
+    context = BuildContext(pipe, options.timestep_groups)
 
     # 2. the FP32 graph every quantization starts from
     start = time.perf_counter()
-    graph = ptq.export_unet(unet, calib[0])
+    graph = export_unet(unet, calib[0])
     seconds["export"] = time.perf_counter() - start
 
     # 3. fallback layers: none, the given ones, or the worst of a one-block-at-a-time scan
@@ -221,7 +240,7 @@ def build_from_inputs(
     log.info("kept in BF16: %s", ", ".join(fallback) or "nothing")
 
     # 4. one quantized, compiled UNet per timestep group
-    groups = ptq.TimestepGroups.even(options.timestep_groups, pipe.scheduler.config.num_train_timesteps)
+    groups = TimestepGroups.even(options.timestep_groups, pipe.scheduler.config.num_train_timesteps)
     per_group = groups.split(calib)
     empty = [g for g, items in enumerate(per_group) if not items]
     if empty:
@@ -236,7 +255,7 @@ def build_from_inputs(
         attempts = fallback_attempts(fallback, auto=options.fallback == "auto")
         for n, attempt in enumerate(attempts):
             try:
-                group_records = _compile_groups(graph, attempt, per_group, groups, out, options)
+                group_records = _compile_groups(method, context, graph, attempt, per_group, groups, out, options)
                 break
             except MiscompiledError as exc:
                 if n + 1 == len(attempts):
@@ -251,8 +270,8 @@ def build_from_inputs(
         latent = calib[0].sample.shape[2:]
         manifest = {
             "name": out.name,
-            "method": "ptq-int8-static",
-            "recipe": ptq.RECIPE,
+            "method": method.manifest_method,
+            "recipe": method.recipe(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "calibration": {
                 **{k: v for k, v in asdict(options).items() if k not in ("fallback", "fallback_budget")},
@@ -270,29 +289,29 @@ def build_from_inputs(
             },
             "timestep_groups": group_records,
             "model": {
-                "unet_fingerprint": artifact.unet_fingerprint(unet),
+                "unet_fingerprint": runtime.unet_fingerprint(unet),
                 "unet_class": type(unet).__name__,
                 "latent_size": list(latent),
                 "image_size": [s * pipe.vae_scale_factor for s in latent],
-                "compiled_batch": ptq.BATCH,
+                "compiled_batch": BATCH,
                 "inputs": ["sample", "timestep", "encoder_hidden_states"]
                 + (["text_embeds", "time_ids"] if calib[0].added else []),
             },
-            "runtime": artifact.runtime(),
+            "runtime": package.runtime_record(),
             "build_seconds": {k: round(v, 2) for k, v in seconds.items()},
         }
-        manifest = artifact.write_manifest(out, manifest)
+        manifest = package.write_manifest(out, manifest)
 
         # 5. fidelity of the artifact as the server will load it
         rss = psutil.Process().memory_info().rss
         start = time.perf_counter()
-        variant = artifact.load_variant(out, pipe)
+        variant = runtime.load_variant(out, pipe)
         manifest["load_seconds"] = round(time.perf_counter() - start, 3)
         manifest["load_rss_bytes"] = psutil.Process().memory_info().rss - rss
         manifest["fidelity"] = fidelity(variant, unet, _strided(held_out, options.fidelity_inputs))
         manifest["artifact_bytes"] = sum(g["bytes"] for g in group_records)
         log.info("fidelity on held-out inputs: %s", manifest["fidelity"])
-        return artifact.write_manifest(out, manifest)
+        return package.write_manifest(out, manifest)
     except BaseException:
         _remove(out)
         raise

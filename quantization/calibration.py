@@ -18,54 +18,15 @@ the sampler's law as closely as the schedule's grid allows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from quantization.inputs import UNetInputs
+
 SAMPLERS = ("trajectory", "uniform", "normal")
 #: PTQ4DM's normal law, as fractions of the number of training timesteps T.
 NORMAL_MEAN, NORMAL_STD = 0.4, 0.2
-#: Seed of the data set captions used as default calibration prompts (not the training seed).
-PROMPT_SEED = 7919
-
-
-@dataclass(frozen=True)
-class UNetInputs:
-    """One UNet call as the denoising loop made it (CFG batch included), in fp32.
-
-    ``timestep`` is always 1-D with one entry per batch item, the form the exported
-    graph takes; ``added`` holds SDXL's ``text_embeds`` and ``time_ids``, else is empty.
-    """
-
-    sample: torch.Tensor
-    timestep: torch.Tensor
-    encoder_hidden_states: torch.Tensor
-    added: tuple[torch.Tensor, ...] = ()
-
-    @classmethod
-    def from_call(cls, sample, timestep, encoder_hidden_states, added_cond_kwargs=None) -> UNetInputs:
-        batch = sample.shape[0]
-        t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(batch)
-        added = ()
-        if added_cond_kwargs:
-            added = (_dense(added_cond_kwargs["text_embeds"]), _dense(added_cond_kwargs["time_ids"]))
-        return cls(_dense(sample), _dense(t), _dense(encoder_hidden_states), added)
-
-    def args(self) -> tuple[torch.Tensor, ...]:
-        """Positional arguments of the exported UNet graph."""
-        return (self.sample, self.timestep, self.encoder_hidden_states, *self.added)
-
-    @property
-    def t(self) -> float:
-        return float(self.timestep[0])
-
-
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    """fp32 and contiguous: compiled packages assume the strides they were traced with."""
-    return x.float().contiguous()
 
 
 def draw_steps(
@@ -85,13 +46,6 @@ def draw_steps(
         drawn = np.clip(rng.normal(NORMAL_MEAN * T, NORMAL_STD * T, samples), 0, T - 1)
     grid = np.asarray(timesteps, dtype=np.float64)
     return [int(np.abs(grid - t).argmin()) for t in drawn]
-
-
-def default_prompts(n: int) -> list[str]:
-    """``n`` captions of the embedded model's data set, from a seed of their own."""
-    from quantization.shapes.dataset import caption_of
-
-    return [caption_of(i, PROMPT_SEED) for i in range(n)]
 
 
 @torch.no_grad()  # not inference_mode: the captured tensors feed torch.export later

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from quantization.calibration import UNetInputs
-from quantization.ptq import make_quantizer, quantize_graph, run_in_batches
+from quantization.inputs import UNetInputs, run_in_batches
+from quantization.methods.ptq import make_quantizer, quantize_graph
 
 _QUANTIZABLE = (torch.nn.Conv2d, torch.nn.Linear)
 
@@ -75,7 +75,7 @@ def scan(
 ) -> list[Sensitivity]:
     """Quantize each candidate alone; the results, worst first.
 
-    ``graph`` is the exported FP32 UNet (``ptq.export_unet``); ``on_result`` is called
+    ``graph`` is the exported FP32 UNet (``quantization.graph.export_unet``); ``on_result`` is called
     with each ``Sensitivity`` as it is measured (progress for a long scan).
     """
     with torch.no_grad():

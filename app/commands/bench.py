@@ -17,9 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.engine import malloc
+from common import malloc
 
-# quantization.bench.VARIANTS
+# bench.unet_step.VARIANTS
 _VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", "int8-compiled")
 
 
@@ -66,26 +66,26 @@ def run(args: argparse.Namespace) -> int:
     environ = malloc.with_tunables(dict(os.environ))
     if environ is not None:  # glibc reads it at start-up: measure the way the server's workers run
         return subprocess.call([sys.executable, "-m", "app.cli", *args.argv], env=environ)
-    from quantization import bench
+    from bench import unet_step
 
     if args.service:
-        from app import bench_service as report
+        from bench import service as report
 
         result = report.run(args.work, unet=args.unet, rounds=args.rounds, steps=args.steps)
         default_out = Path("bench/service")
     else:
-        report = bench
+        report = unet_step
         if args.unet == "sd15":
-            unet = bench.sd15_unet()
+            unet = unet_step.sd15_unet()
         else:
             from app.pipeline.tiny import build_tiny_pipeline
 
             unet = build_tiny_pipeline("sd").unet
-        result = bench.run(unet, variants=variants, rounds=args.rounds)
+        result = unet_step.run(unet, variants=variants, rounds=args.rounds)
         if args.unet == "sd15":
-            result["vae_decode"] = bench.vae_decode(bench.sd15_vae(), latent_size=64, rounds=args.rounds)
+            result["vae_decode"] = unet_step.vae_decode(unet_step.sd15_vae(), latent_size=64, rounds=args.rounds)
         default_out = Path("bench/unet-step")
-    md, js = bench.write(result, args.out or default_out, report.markdown)
+    md, js = unet_step.write(result, args.out or default_out, report.markdown)
     print(report.markdown(result))
     print(f"wrote {md} and {js}")
     return 0

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from app.errors import MixdiffError
-    from app.evaluate import REFERENCE, evaluate, parse_schedules, precisions_of, sample_grid
+    from shapes.evaluate import REFERENCE, evaluate, parse_schedules, precisions_of, sample_grid
 
     try:
         specs = parse_schedules(args.schedules)
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from app.pipeline.loop import MixedPrecisionPipeline
-    from quantization.shapes import dataset
+    from shapes import dataset
 
     if args.threads:
         torch.set_num_threads(args.threads)

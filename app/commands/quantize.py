@@ -1,7 +1,11 @@
-"""``mixdiff quantize ptq``: an INT8 UNet artifact for a model, by post-training quantization.
+"""``mixdiff quantize METHOD``: an INT8 UNet artifact for a model.
 
-The artifact lands in ``<model>/quantized/<out>/``, where the server finds it and
-offers ``<out>`` as a precision name (``int8`` is the one schedules use by default).
+The artifact lands in ``<model>/quantized/<out>/``. The server offers it as a precision
+named ``<out>`` when that name is in its ``--precisions`` (``int8``, the name schedules
+use by default, is there unless changed). Every method calibrates on the FP32 model's own
+denoising runs, keeps the blocks ``--fallback`` names in BF16, compiles one AOTInductor
+package per timestep group, checks it, and measures its fidelity on held-out inputs
+(docs/QUANTIZATION.md).
 """
 
 from __future__ import annotations
@@ -14,65 +18,220 @@ from pathlib import Path
 
 from app.commands.arguments import at_least
 from app.settings import DEFAULT_MODEL
+from quantization.methods import METHODS
 
 _SAMPLERS = ("trajectory", "uniform", "normal")  # quantization.calibration.SAMPLERS, without importing torch
+_TIMESTEP_LAWS = ("uniform", "normal")  # quantization.methods.qat.TIMESTEP_LAWS
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("quantize", help="make quantized UNet artifacts", description=__doc__)
-    methods = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
-    ptq = methods.add_parser(
-        "ptq",
-        help="static INT8 post-training quantization (PT2E, X86InductorQuantizer) into an AOTInductor artifact",
-        description=__doc__,
-    )
-    ptq.add_argument("--model", default=str(DEFAULT_MODEL), help="diffusers pipeline folder")
-    ptq.add_argument("--out", default="int8", help="artifact name: the folder under <model>/quantized/")
-    ptq.add_argument(
+def _shared_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="diffusers pipeline folder (default: %(default)s)")
+    parser.add_argument("--out", default="int8", help="artifact name: the folder under <model>/quantized/ (default: %(default)s)")
+    calibration = parser.add_argument_group("calibration (the FP32 model's own denoising runs)")
+    calibration.add_argument(
         "--sampler",
         choices=_SAMPLERS,
         default="trajectory",
         help="which denoising steps give calibration inputs: every step (trajectory), timesteps uniform over "
-        "[0, T) (Q-Diffusion) or normal around 0.4 T (PTQ4DM)",
+        "[0, T) (Q-Diffusion) or normal around 0.4 T (PTQ4DM) (default: %(default)s)",
     )
-    ptq.add_argument("--prompts", type=at_least(1), default=32, help="calibration prompts (each is one FP32 run)")
-    ptq.add_argument(
+    calibration.add_argument(
+        "--prompts", type=at_least(1), default=32, help="calibration prompts, each one FP32 run (default: %(default)s)"
+    )
+    calibration.add_argument(
         "--prompt-file",
         type=Path,
         default=None,
         help="calibration prompts, one per line (default: captions of the embedded model's data set)",
     )
-    ptq.add_argument("--samples", type=at_least(1), default=8, help="inputs kept per prompt (uniform and normal samplers)")
-    ptq.add_argument("--steps", type=at_least(1), default=50, help="denoising steps of each calibration run")
-    ptq.add_argument("--guidance-scale", type=float, default=7.5)
-    ptq.add_argument("--seed", type=int, default=0)
-    ptq.add_argument(
+    calibration.add_argument(
+        "--samples", type=at_least(1), default=8, help="inputs kept per prompt, uniform and normal samplers (default: %(default)s)"
+    )
+    calibration.add_argument(
+        "--steps", type=at_least(1), default=50, help="denoising steps of each calibration run (default: %(default)s)"
+    )
+    calibration.add_argument("--guidance-scale", type=float, default=7.5, help="(default: %(default)s)")
+    calibration.add_argument("--seed", type=int, default=0, help="seed of the calibration runs (default: %(default)s)")
+    layers = parser.add_argument_group("what stays BF16, and packages")
+    layers.add_argument(
         "--fallback",
         default="none",
         help="UNet blocks kept in BF16: 'none', 'auto' (a sensitivity scan picks the worst, up to "
-        "--fallback-budget; it quantizes once per block, so it takes a while) or module names, comma-separated",
+        "--fallback-budget; it quantizes once per block, so it takes a while) or module names, comma-separated "
+        "(default: %(default)s)",
     )
-    ptq.add_argument("--fallback-budget", type=at_least(0), default=3, help="most blocks 'auto' keeps in BF16")
-    ptq.add_argument(
+    layers.add_argument(
+        "--fallback-budget", type=at_least(0), default=3, help="most blocks 'auto' keeps in BF16 (default: %(default)s)"
+    )
+    layers.add_argument(
+        "--scan-inputs", type=at_least(1), default=16, help="calibration inputs per block in the 'auto' scan (default: %(default)s)"
+    )
+    layers.add_argument(
         "--timestep-groups",
         type=at_least(1),
         default=1,
         help="ranges of timesteps with their own activation scales; each is a compiled UNet of its own "
-        "(K times the disk, memory and load time)",
+        "(K times the disk, memory and load time) (default: %(default)s)",
     )
-    ptq.add_argument("--scan-inputs", type=at_least(1), default=16, help="calibration inputs per block in the 'auto' scan")
-    ptq.set_defaults(func=run)
+
+
+def _qat_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("training data")
+    data.add_argument(
+        "--data",
+        default="shapes",
+        help="'shapes': the embedded model's own data set; 'generated': data-free, latents the FP32 model "
+        "generates from --data-prompts; or a folder of images, each with a caption in a .txt file of the "
+        "same name (default: %(default)s)",
+    )
+    data.add_argument(
+        "--data-prompts",
+        type=Path,
+        default=None,
+        help="with --data generated: prompts, one per line (default: the calibration prompts)",
+    )
+    data.add_argument(
+        "--data-size", type=at_least(2), default=2048, help="training examples (images, or generated latents) (default: %(default)s)"
+    )
+    data.add_argument(
+        "--timesteps",
+        choices=_TIMESTEP_LAWS,
+        default="uniform",
+        help="law of the training timesteps: uniform over [0, T) as the model was trained, or normal around "
+        "0.4 T (PTQ4DM) (default: %(default)s)",
+    )
+    data.add_argument(
+        "--caption-dropout",
+        type=float,
+        default=0.1,
+        help="share of examples trained with the empty caption, the unconditional half of guidance (default: %(default)s)",
+    )
+    training = parser.add_argument_group("training")
+    training.add_argument("--train-steps", type=at_least(1), default=1000, help="optimizer steps (default: %(default)s)")
+    training.add_argument(
+        "--batch", type=at_least(2), default=8, help="examples per optimizer step, a multiple of 2 (default: %(default)s)"
+    )
+    training.add_argument("--lr", type=float, default=1e-5, help="peak learning rate of AdamW (default: %(default)s)")
+    training.add_argument(
+        "--warmup", type=at_least(0), default=50, help="linear warm-up steps, then cosine decay (default: %(default)s)"
+    )
+    training.add_argument(
+        "--kd-weight",
+        type=float,
+        default=1.0,
+        help="weight λ of the distillation loss, the student's output against the FP32 teacher's; 0 trains on the "
+        "denoising loss alone (default: %(default)s)",
+    )
+    training.add_argument(
+        "--denoise-weight",
+        type=float,
+        default=1.0,
+        help="weight of the ordinary denoising loss (ε or v, as the model predicts) (default: %(default)s)",
+    )
+    training.add_argument(
+        "--feature-kd-weight",
+        type=float,
+        default=0.0,
+        help="weight of intermediate-feature distillation: each down, mid and up block's output against the "
+        "teacher's, relative to its size; 0 is off (default: %(default)s)",
+    )
+    training.add_argument(
+        "--ema", type=float, default=0.0, help="EMA decay of the student's weights, 0 for none (default: %(default)s)"
+    )
+    training.add_argument(
+        "--no-init-from-calibration",
+        dest="init_from_calibration",
+        action="store_false",
+        help="start the activation ranges from the first training batches (moving-average min/max, kept moving) "
+        "instead of PTQ's ranges on the calibration inputs, kept fixed",
+    )
+    training.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="checkpoints and the loss log (loss.jsonl) (default: runs/qat/<out>)",
+    )
+    training.add_argument(
+        "--checkpoint-every", type=at_least(1), default=100, help="steps between checkpoints (default: %(default)s)"
+    )
+    training.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --work")
+    training.add_argument("--train-seed", type=int, default=0, help="seed of every training draw (default: %(default)s)")
+
+
+#: Each method's own flags, beside the shared ones (a test checks these match ``METHODS``).
+METHOD_ARGUMENTS = {"ptq": None, "qat": _qat_arguments}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("quantize", help="make quantized UNet artifacts", description=__doc__)
+    methods = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for name, info in METHODS.items():
+        method = methods.add_parser(name, help=info.summary, description=f"{info.summary}.\n\n{__doc__}")
+        _shared_arguments(method)
+        if METHOD_ARGUMENTS[name] is not None:
+            METHOD_ARGUMENTS[name](method)
+        method.set_defaults(func=run)
+
+
+def _lines(path: Path, what: str) -> list[str]:
+    if not path.is_file():
+        raise ValueError(f"{what} {path} is not a file")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} holds no prompts")
+    return lines
 
 
 def _prompts(args) -> list[str]:
     if args.prompt_file is None:
-        from quantization.calibration import default_prompts
+        from shapes.dataset import calibration_prompts
 
-        return default_prompts(args.prompts)
-    lines = [line.strip() for line in args.prompt_file.read_text().splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"{args.prompt_file} holds no prompts")
-    return lines[: args.prompts]
+        return calibration_prompts(args.prompts)
+    return _lines(args.prompt_file, "--prompt-file")[: args.prompts]
+
+
+def _training_data(args, prompts: list[str]):
+    """The ``--data`` source of QAT."""
+    from quantization.methods import qat
+
+    if args.data == "shapes":
+        from shapes import dataset
+
+        return qat.Images(lambda n: dataset.examples(n, dataset.QAT_SEED), "the shapes data set (embedded model)")
+    if args.data == "generated":
+        source = _lines(args.data_prompts, "--data-prompts") if args.data_prompts else prompts
+        return qat.GeneratedLatents(source, seed=args.train_seed)
+    return qat.ImageFolder(Path(args.data))
+
+
+def _method(args, prompts: list[str]):
+    """The method's config from its flags."""
+    from quantization.methods import config_class
+
+    config = config_class(args.method)
+    if args.method != "qat":
+        return config()
+    if args.timestep_groups > 1:
+        raise ValueError("qat trains one set of activation ranges: use --timestep-groups 1")
+    return config(
+        data=_training_data(args, prompts),
+        data_size=args.data_size,
+        timesteps=args.timesteps,
+        caption_dropout=args.caption_dropout,
+        train_steps=args.train_steps,
+        batch=args.batch,
+        lr=args.lr,
+        warmup=args.warmup,
+        kd_weight=args.kd_weight,
+        denoise_weight=args.denoise_weight,
+        feature_kd_weight=args.feature_kd_weight,
+        ema=args.ema,
+        init_from_calibration=args.init_from_calibration,
+        work=args.work or Path("runs") / "qat" / args.out,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        seed=args.train_seed,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         prompts = _prompts(args)
+        method = _method(args, prompts)
         pipe, _, _ = load_diffusers_pipeline(str(model))
         options = BuildOptions(
             sampler=args.sampler,
@@ -102,11 +262,11 @@ def run(args: argparse.Namespace) -> int:
             timestep_groups=args.timestep_groups,
             scan_inputs=args.scan_inputs,
         )
-        manifest = build_artifact(pipe, prompts, out, options)
+        manifest = build_artifact(method, pipe, prompts, out, options)
     except (ModelLoadError, ValueError, OSError) as exc:
         print(f"mixdiff quantize: {exc}", file=sys.stderr)
         return 2
-    summary = {k: manifest[k] for k in ("fidelity", "load_seconds", "artifact_bytes", "build_seconds")}
+    summary = {k: manifest[k] for k in ("method", "fidelity", "load_seconds", "artifact_bytes", "build_seconds")}
     summary["fallback"] = manifest["fallback"]["layers"]
     print(json.dumps(summary, indent=2))
     print(f"wrote {out}")

@@ -30,7 +30,6 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 
-from app.engine import malloc
 from app.engine import worker as worker_main
 from app.engine.cores import core_slices
 from app.engine.jobs import Job, JobStore
@@ -39,6 +38,7 @@ from app.engine.metrics import Metrics
 from app.errors import Cancelled, MixdiffError, NotReady, Overloaded, Timeout, WorkerDied, from_type
 from app.pipeline.types import GenerationParams
 from app.settings import Settings
+from common import malloc
 
 log = logging.getLogger("mixdiff.pool")
 

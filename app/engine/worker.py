@@ -18,10 +18,10 @@ import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 
-from app.engine import malloc
 from app.engine.messages import STOP, Done, Failed, Ready, RunJob, StartFailed, Step
 from app.errors import Cancelled, MixdiffError, Timeout
 from app.settings import Settings
+from common import malloc
 
 log = logging.getLogger("mixdiff.worker")
 

@@ -1,9 +1,9 @@
 """The mixed-precision denoising loop: at each step, the UNet variant the schedule names.
 
 The text encoder runs as loaded (fp32); the UNet changes precision step by step; the
-VAE decodes in ``vae_precision`` (``bf16`` takes a fifth of FP32's time on SD 1.5's
-VAE, docs/QUANTIZATION.md). The initial noise depends on the seed alone, so images from
-different schedules are comparable pixel for pixel.
+VAE decodes in ``vae_precision`` (``bf16`` takes a fraction of FP32's time on SD 1.5's
+VAE: docs/QUANTIZATION.md, "Speed"). The initial noise depends on the seed alone, so
+images from different schedules are comparable pixel for pixel.
 """
 
 from __future__ import annotations

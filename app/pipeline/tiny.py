@@ -20,7 +20,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from app.pipeline.tokenizer import write_clip_tokenizer
+from common.tokenizer import write_clip_tokenizer
 
 #: Pixels per side of a tiny pipeline's default image.
 TINY_SIZE = 64

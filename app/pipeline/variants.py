@@ -1,8 +1,9 @@
 """UNet variants: one callable per precision name, all with the same signature.
 
 ``fp32`` and ``bf16`` are built from the pipeline's UNet (eager, or compiled with
-Inductor and freezing); names starting with ``int8`` are prequantized artifacts
-under ``<model>/quantized/<name>/`` loaded by ``quantization.artifact``. The
+Inductor and freezing); any other name is a prequantized artifact under
+``<model>/quantized/<name>/``, loaded by ``quantization.runtime`` as its manifest's
+method says. The
 denoising loop only ever sees the ``UNetVariant`` protocol, so a new variant never
 touches it.
 """
@@ -27,8 +28,8 @@ class EagerUNet:
     """The diffusers UNet in one dtype, optionally ``torch.compile``d (frozen weights).
 
     With ``in_place`` it converts ``unet`` itself rather than a copy of it. In BF16 its
-    attention runs ``kernels``' fused attention unless ``fused_attention`` is off (about
-    0.4x of SDPA's time at SD 1.5's sizes, ``bench/attention.py``), and uncompiled, its
+    attention runs ``kernels``' fused attention unless ``fused_attention`` is off (faster
+    than SDPA at SD 1.5's sizes: docs/KERNELS.md, "Measured"), and uncompiled, its
     GroupNorms (with the SiLUs after them) ``kernels``' GroupNorm unless
     ``fused_group_norm`` is off (``bench/group_norm.py``; compiled, Inductor fuses them).
     """
@@ -58,8 +59,9 @@ class EagerUNet:
             torch._inductor.config.freezing = True  # constant-fold and prepack weights for oneDNN
             self.forward = torch.compile(self.unet)
         else:
-            # oneDNN's convolutions run channels-last natively: 0.9x the time of a BF16 SD 1.5 step
-            # (docs/QUANTIZATION.md). Inductor picks its own layouts when compiled.
+            # oneDNN's convolutions run channels-last natively: an eager BF16 step takes less time
+            # than with NCHW (docs/notes/quantization-history.md, "Intel Xeon with AMX"). Inductor
+            # picks its own layouts when compiled.
             self.forward = self.unet.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
@@ -82,38 +84,41 @@ def build_variants(
 ):
     """``(variants, unavailable)``: the variants built, in the order of ``names``, and for
     each name that could not be, the reason (a missing or refused artifact, an unknown name).
-    ``fused_attention``: the BF16 UNet's (int8 artifacts have theirs built in).
+    ``fused_attention``: the BF16 UNet's (artifacts have theirs built in).
 
     When ``fp32`` is not among ``names``, nothing needs the pipeline's FP32 UNet once the
     int8 artifacts are checked against it: ``bf16`` then converts it in place instead of
-    keeping a copy beside it (3.4 GB less per worker on SD 1.5).
+    keeping a copy beside it, so a worker holds one UNet's weights less
+    (docs/notes/quantization-history.md, "Start-up and memory").
     """
     built, unavailable = {}, {}
-    int8_first = sorted(names, key=lambda name: not name.startswith("int8"))  # they check the FP32 weights
-    for name in int8_first:
+    artifacts_first = sorted(names, key=lambda name: name in _DTYPES)  # they check the FP32 weights
+    for name in artifacts_first:
         if name in _DTYPES:
             in_place = name != "fp32" and "fp32" not in names
             built[name] = EagerUNet(
                 pipe.unet, name, compile=compile, in_place=in_place, fused_attention=fused_attention
             )
-        elif name.startswith("int8"):
-            reason = _int8(pipe, name, model_dir, built)
+        else:
+            reason = _artifact(pipe, name, model_dir, built)
             if reason:
                 unavailable[name] = reason
-        else:
-            unavailable[name] = f"unknown precision {name!r}: fp32, bf16 or an int8 artifact name"
     for name, reason in unavailable.items():
         log.warning("precision %s unavailable: %s", name, reason)
     return {name: built[name] for name in names if name in built}, unavailable
 
 
-def _int8(pipe, name: str, model_dir: Path | None, variants: dict) -> str | None:
+def _artifact(pipe, name: str, model_dir: Path | None, variants: dict) -> str | None:
+    """Load the artifact ``name`` into ``variants``; else why it cannot be."""
     if model_dir is None:
-        return "this model has no quantized artifacts (it is not a folder on disk)"
+        return f"unknown precision {name!r}: fp32, bf16, or an artifact of a model folder on disk"
     path = model_dir / "quantized" / name
     if not path.is_dir():
-        return f"no artifact at {path} (make one with: mixdiff quantize ptq --model {model_dir} --out {name})"
-    from quantization.artifact import ArtifactError, load_variant
+        return (
+            f"unknown precision {name!r}: fp32, bf16, or an artifact under {model_dir / 'quantized'} "
+            f"(make one with: mixdiff quantize ptq --model {model_dir} --out {name})"
+        )
+    from quantization.runtime import ArtifactError, load_variant
 
     try:
         variants[name] = load_variant(path, pipe)

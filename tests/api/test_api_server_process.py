@@ -10,10 +10,9 @@ import signal
 
 import httpx
 import pytest
+from api_helpers import READY_WITHIN, get, metric, ready_worker, running_server, wait_until
 from openai import OpenAI
 from PIL import Image
-
-from api_helpers import READY_WITHIN, get, metric, ready_worker, running_server, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ import json
 
 import httpx
 import pytest
-
 from api_helpers import metric, running_server
+
 from app.settings import DEFAULT_MODEL
-from quantization import artifact
+from quantization.runtime import MANIFEST, sha256
 
 pytestmark = pytest.mark.slow
 
@@ -20,14 +20,14 @@ MIXED = {"high": "bf16", "low": "int8", "first": 2, "last": 2}
 
 
 def test_shipped_manifest_hashes_every_file():
-    manifest = json.loads((SHIPPED / artifact.MANIFEST).read_text())
-    files = {p.name for p in SHIPPED.iterdir()} - {artifact.MANIFEST}
+    manifest = json.loads((SHIPPED / MANIFEST).read_text())
+    files = {p.name for p in SHIPPED.iterdir()} - {MANIFEST}
     assert set(manifest["files"]) == files == {"unet-g0.pt2", "unet-g0.safetensors"}
-    assert all(manifest["files"][name] == artifact.sha256(SHIPPED / name) for name in files)
+    assert all(manifest["files"][name] == sha256(SHIPPED / name) for name in files)
 
 
 def test_shipped_artifact_needs_avx512_not_amx():
-    features = json.loads((SHIPPED / artifact.MANIFEST).read_text())["runtime"]["cpu_features"]
+    features = json.loads((SHIPPED / MANIFEST).read_text())["runtime"]["cpu_features"]
     assert {"avx512f", "avx512_vnni"} <= set(features) and not [f for f in features if f.startswith("amx")]
 
 

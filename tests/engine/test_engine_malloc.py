@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from app.engine.malloc import TUNABLES, with_tunables
+from common.malloc import TUNABLES, with_tunables
 
 ALL = ":".join(f"{name}={value}" for name, value in TUNABLES.items())
 
@@ -36,7 +36,7 @@ def test_release_returns_freed_heap_memory_to_the_kernel():
     the pages until ``release`` hands them back."""
     script = textwrap.dedent(
         """
-        from app.engine.malloc import release
+        from common.malloc import release
 
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * 4096

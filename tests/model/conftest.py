@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.evaluate import DEFAULT_YARDSTICK
 from app.settings import DEFAULT_MODEL
+from shapes.evaluate import DEFAULT_YARDSTICK
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def pipe(model_dir):
 
 @pytest.fixture(scope="session")
 def classifier():
-    from quantization.shapes import yardstick
+    from shapes import yardstick
 
     torch.manual_seed(0)
     return yardstick.load(DEFAULT_YARDSTICK)

@@ -1,7 +1,7 @@
 import numpy as np
 
-from app.pipeline.tokenizer import write_clip_tokenizer
-from quantization.shapes import architecture, dataset
+from common.tokenizer import write_clip_tokenizer
+from shapes import architecture, dataset
 
 
 def test_items_are_deterministic_and_random_access():

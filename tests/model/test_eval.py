@@ -7,7 +7,7 @@ import pytest
 from app.cli import main
 from app.engine.schedule import SplitSchedule
 from app.errors import InvalidRequest
-from app.evaluate import parse_schedules, precisions_of
+from shapes.evaluate import parse_schedules, precisions_of
 
 
 def test_parse_schedules_puts_the_fp32_reference_first():

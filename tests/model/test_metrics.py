@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from quantization.shapes import metrics
+from shapes import metrics
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from transformers import CLIPTokenizer
 
-from quantization.shapes import architecture, dataset
+from shapes import architecture, dataset
 
 MAX_FOLDER_BYTES = 25 * 2**20
 
@@ -17,7 +17,7 @@ def test_folder_is_small_safetensors_with_a_model_card(model_dir):
     weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
     assert weights and all(p.suffix == ".safetensors" for p in weights)
     card = (model_dir / "README.md").read_text()
-    assert "python -m quantization.shapes.train" in card and "mixdiff eval" in card
+    assert "python -m shapes.train" in card and "mixdiff eval" in card
 
 
 def test_tokenizer_loads_offline_from_clip_files(model_dir):

@@ -1,4 +1,4 @@
-from quantization.shapes import probe
+from shapes import probe
 
 
 def test_probe_reads_the_reconstruction_and_each_start(model_dir, classifier):

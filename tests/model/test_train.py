@@ -4,7 +4,7 @@ import json
 
 from safetensors.torch import load_file
 
-from quantization.shapes import train
+from shapes import train
 
 FEW = ["--pool", "64", "--text-steps", "2", "--text-batch", "8", "--steps", "2", "--batch", "4", "--no-compile"]
 WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from quantization.shapes import dataset, yardstick
+from shapes import dataset, yardstick
 
 
 def test_reads_held_out_images(classifier):

@@ -1,4 +1,4 @@
-from app.pipeline.tokenizer import write_clip_tokenizer
+from common.tokenizer import write_clip_tokenizer
 
 # Words whose letter pairs overlap, so merges made for one could split another.
 WORDS = ["a", "an", "and", "background", "triangle", "angle", "tri", "green", "large", "left", "star", "square"]

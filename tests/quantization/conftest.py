@@ -7,6 +7,7 @@ import pytest
 from app.pipeline.tiny import build_tiny_pipeline
 from quantization import calibration
 from quantization.build import BuildOptions, build_artifact, split_holdout
+from quantization.methods.ptq import PTQConfig
 
 #: Calibration of the shared artifact: small, but every timestep of a short trajectory.
 OPTIONS = BuildOptions(sampler="trajectory", steps=4, holdout_every=4)
@@ -31,5 +32,5 @@ def calibration_split(tiny_pipe):
 def tiny_artifact(tiny_pipe, tmp_path_factory):
     """An INT8 artifact of the tiny UNet in ``<model>/quantized/int8``, and its manifest."""
     out = tmp_path_factory.mktemp("tiny-model") / "quantized" / "int8"
-    manifest = build_artifact(tiny_pipe, PROMPTS, out, OPTIONS)
+    manifest = build_artifact(PTQConfig(), tiny_pipe, PROMPTS, out, OPTIONS)
     return out, manifest

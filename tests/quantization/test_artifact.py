@@ -17,9 +17,21 @@ from torch.export.pt2_archive._package import PT2ArchiveReader
 
 import kernels
 from app.pipeline.tiny import build_tiny_pipeline
-from quantization import artifact, ptq
-from quantization.artifact import ArtifactError
 from quantization.build import MiscompiledError, check_compiled
+from quantization.graph import UNetGraph, export_unet
+from quantization.inputs import run_in_batches
+from quantization.methods.ptq import make_quantizer, quantize_graph
+from quantization.package import run_bf16
+from quantization.runtime import (
+    ALIGNMENT,
+    FORMAT,
+    MANIFEST,
+    ArtifactError,
+    cpu_flags,
+    load_package,
+    load_variant,
+    verify,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +40,8 @@ _LOAD_AND_RUN = textwrap.dedent(
     import sys, torch
     from pathlib import Path
     from app.pipeline.tiny import build_tiny_pipeline
-    from quantization.artifact import load_variant
-
+    from quantization.runtime import load_variant
+    
     folder, inputs, output = sys.argv[1:]
     variant = load_variant(Path(folder), build_tiny_pipeline("sd", seed=0))
     outs = [variant(*args) for args in torch.load(inputs)]
@@ -48,10 +60,10 @@ def test_artifact_loads_in_fresh_process_and_matches_in_memory_model(
     folder, manifest = tiny_artifact
     calib, held_out = calibration_split
     # The same quantization in memory, run eagerly with BF16 for what is not INT8.
-    converted = ptq.quantize_graph(ptq.export_unet(tiny_pipe.unet, calib[0]), ptq.make_quantizer(), calib)
-    expected = [ptq.run_bf16(converted, item) for item in held_out]
+    converted = quantize_graph(export_unet(tiny_pipe.unet, calib[0]), make_quantizer(), calib)
+    expected = [run_bf16(converted, item) for item in held_out]
     with torch.no_grad():
-        fp32 = [ptq.UNetGraph(tiny_pipe.unet)(*item.args()) for item in held_out]
+        fp32 = [UNetGraph(tiny_pipe.unet)(*item.args()) for item in held_out]
 
     # A 0-d timestep and a batch of 1 as the loop may pass them, besides the CFG batch of 2.
     calls = [(x.sample, x.timestep[0].long(), x.encoder_hidden_states) for x in held_out]
@@ -88,17 +100,17 @@ def test_package_is_code_and_the_weights_are_safetensors(tiny_pipe, tiny_artifac
     unet_bytes = sum(p.numel() for p in tiny_pipe.unet.parameters())
     assert constants.dtype == torch.uint8 and constants.numel() >= unet_bytes  # INT8 weights and more
     assert any("mkldnn_md" in entry for entry in table)  # the prepacked INT8 weights
-    assert all(entry["offset"] % artifact.ALIGNMENT == 0 for entry in table)
+    assert all(entry["offset"] % ALIGNMENT == 0 for entry in table)
 
 
 def test_loaded_weights_start_at_cache_lines(tiny_artifact, calibration_split):
     """The prepacked INT8 weights the package reads: AOTInductor's own loader leaves them 16 bytes off."""
     folder, _ = tiny_artifact
-    package = artifact.load_package(folder / "unet-g0.pt2", folder / "unet-g0.safetensors")
+    package = load_package(folder / "unet-g0.pt2", folder / "unet-g0.safetensors")
     weights = [torch.ops.mkldnn.data_ptr(t) for t in package.constants.values() if t.is_mkldnn]
-    assert weights and all(address % artifact.ALIGNMENT == 0 for address in weights)
+    assert weights and all(address % ALIGNMENT == 0 for address in weights)
     with torch.no_grad():
-        assert torch.isfinite(ptq.run_in_batches(package, calibration_split[0][0].args())).all()
+        assert torch.isfinite(run_in_batches(package, calibration_split[0][0].args())).all()
 
 
 def _rss_mb() -> float:
@@ -111,7 +123,7 @@ def _rss_mb() -> float:
 def test_calls_leave_no_memory_behind(tiny_pipe, tiny_artifact, calibration_split):
     """Each call used to leak the residual of every INT8 linear with a folded addition
     (about 1 MB per call of this UNet, 90 MB per SD 1.5 step): quantization/aoti_codegen.py."""
-    variant = artifact.load_variant(tiny_artifact[0], tiny_pipe)
+    variant = load_variant(tiny_artifact[0], tiny_pipe)
     args = calibration_split[0][0].args()[:3]
     for _ in range(20):
         variant(*args)
@@ -129,14 +141,14 @@ def artifact_copy(tiny_artifact, tmp_path):
 
 
 def _edit_manifest(folder, edit) -> None:
-    path = folder / artifact.MANIFEST
+    path = folder / MANIFEST
     manifest = json.loads(path.read_text())
     edit(manifest)
     path.write_text(json.dumps(manifest))
 
 
 def test_intact_copy_verifies(artifact_copy, tiny_pipe):
-    assert artifact.verify(artifact_copy, tiny_pipe.unet)["name"] == "int8"
+    assert verify(artifact_copy, tiny_pipe.unet)["name"] == "int8"
 
 
 def test_tampered_package_is_refused_naming_the_file(artifact_copy, tiny_pipe):
@@ -145,7 +157,7 @@ def test_tampered_package_is_refused_naming_the_file(artifact_copy, tiny_pipe):
     data[len(data) // 2] ^= 0xFF
     package.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=r"unet-g0\.pt2 does not match its sha256"):
-        artifact.load_variant(artifact_copy, tiny_pipe)
+        load_variant(artifact_copy, tiny_pipe)
 
 
 def test_tampered_weights_are_refused_naming_the_file(artifact_copy, tiny_pipe):
@@ -154,26 +166,26 @@ def test_tampered_weights_are_refused_naming_the_file(artifact_copy, tiny_pipe):
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=r"unet-g0\.safetensors does not match its sha256"):
-        artifact.load_variant(artifact_copy, tiny_pipe)
+        load_variant(artifact_copy, tiny_pipe)
 
 
 def test_missing_package_is_refused(artifact_copy, tiny_pipe):
     (artifact_copy / "unet-g0.pt2").unlink()
     with pytest.raises(ArtifactError, match=r"unet-g0\.pt2 listed in manifest.json is missing"):
-        artifact.load_variant(artifact_copy, tiny_pipe)
+        load_variant(artifact_copy, tiny_pipe)
 
 
 def test_other_torch_version_is_refused_naming_both(artifact_copy, tiny_pipe):
     _edit_manifest(artifact_copy, lambda m: m["runtime"].update(torch="2.0.0"))
     expected = f"built with torch 2.0.0, but torch {torch.__version__} is installed"
     with pytest.raises(ArtifactError, match=re.escape(expected)):
-        artifact.load_variant(artifact_copy, tiny_pipe)
+        load_variant(artifact_copy, tiny_pipe)
 
 
 def test_missing_cpu_feature_is_refused_naming_it(artifact_copy, tiny_pipe):
     _edit_manifest(artifact_copy, lambda m: m["runtime"]["cpu_features"].append("amx_fp99"))
     with pytest.raises(ArtifactError, match="CPU features this CPU lacks: amx_fp99"):
-        artifact.load_variant(artifact_copy, tiny_pipe)
+        load_variant(artifact_copy, tiny_pipe)
 
 
 def test_artifact_whose_kernels_cannot_be_built_is_refused(artifact_copy, tiny_pipe, monkeypatch):
@@ -184,7 +196,7 @@ def test_artifact_whose_kernels_cannot_be_built_is_refused(artifact_copy, tiny_p
 
     monkeypatch.setattr(kernels, "load", no_compiler)
     with pytest.raises(ArtifactError, match="needs the mixdiff kernels .*c\\+\\+: not found"):
-        artifact.load_variant(artifact_copy, tiny_pipe)
+        load_variant(artifact_copy, tiny_pipe)
 
 
 def test_packages_need_avx512_not_amx(tiny_artifact):
@@ -194,38 +206,38 @@ def test_packages_need_avx512_not_amx(tiny_artifact):
     _, manifest = tiny_artifact
     features = manifest["runtime"]["cpu_features"]
     assert features and not [f for f in features if f.startswith("amx")], features
-    assert set(features) <= artifact.cpu_flags()
+    assert set(features) <= cpu_flags()
 
 
 def test_artifact_of_another_unet_is_refused(artifact_copy):
     with pytest.raises(ArtifactError, match="different UNet"):
-        artifact.load_variant(artifact_copy, build_tiny_pipeline("sd", seed=1))
+        load_variant(artifact_copy, build_tiny_pipeline("sd", seed=1))
 
 
 def test_artifact_of_another_format_is_refused_naming_both(artifact_copy, tiny_pipe):
-    old = artifact.FORMAT - 1
+    old = FORMAT - 1
     _edit_manifest(artifact_copy, lambda m: m.update(format=old))
-    with pytest.raises(ArtifactError, match=f"has format {old}; this mixdiff reads format {artifact.FORMAT}"):
-        artifact.load_variant(artifact_copy, tiny_pipe)
+    with pytest.raises(ArtifactError, match=f"has format {old}; this mixdiff reads format {FORMAT}"):
+        load_variant(artifact_copy, tiny_pipe)
 
 
 def test_missing_or_broken_manifest_is_refused(artifact_copy, tiny_pipe):
-    (artifact_copy / artifact.MANIFEST).write_text("{not json")
+    (artifact_copy / MANIFEST).write_text("{not json")
     with pytest.raises(ArtifactError, match="manifest.json is not valid JSON"):
-        artifact.load_variant(artifact_copy, tiny_pipe)
-    (artifact_copy / artifact.MANIFEST).unlink()
+        load_variant(artifact_copy, tiny_pipe)
+    (artifact_copy / MANIFEST).unlink()
     with pytest.raises(ArtifactError, match="no manifest.json"):
-        artifact.load_variant(artifact_copy, tiny_pipe)
+        load_variant(artifact_copy, tiny_pipe)
 
 
 def test_a_package_that_computes_something_else_fails_the_compile_check(tiny_pipe, tiny_artifact, calibration_split):
     folder, manifest = tiny_artifact
     calib, _ = calibration_split
     package, weights = folder / "unet-g0.pt2", folder / "unet-g0.safetensors"
-    own = ptq.quantize_graph(ptq.export_unet(tiny_pipe.unet, calib[0]), ptq.make_quantizer(), calib)
+    own = quantize_graph(export_unet(tiny_pipe.unet, calib[0]), make_quantizer(), calib)
     assert check_compiled(own, package, weights, calib[:2]) < 1e-2
     assert manifest["timestep_groups"][0]["compiled_vs_eager_rel_mse"] < 1e-2
     other_unet = build_tiny_pipeline("sd", seed=1).unet
-    other = ptq.quantize_graph(ptq.export_unet(other_unet, calib[0]), ptq.make_quantizer(), calib)
+    other = quantize_graph(export_unet(other_unet, calib[0]), make_quantizer(), calib)
     with pytest.raises(MiscompiledError, match="disagrees with the quantized graph"):
         check_compiled(other, package, weights, calib[:2])

@@ -43,7 +43,15 @@ def test_cli_choices_match_the_library():
     """The commands repeat these names so that ``--help`` need not import torch."""
     from app.commands import bench as bench_command
     from app.commands import quantize as quantize_command
-    from quantization import bench, calibration
+    from bench import unet_step
+    from quantization import calibration
 
     assert quantize_command._SAMPLERS == calibration.SAMPLERS
-    assert bench_command._VARIANTS == bench.VARIANTS
+    assert bench_command._VARIANTS == unet_step.VARIANTS
+
+
+def test_every_method_has_its_arguments():
+    from app.commands import quantize as quantize_command
+    from quantization.methods import METHODS
+
+    assert set(quantize_command.METHOD_ARGUMENTS) == set(METHODS)

@@ -8,6 +8,7 @@ import pytest
 
 from quantization import build, calibration
 from quantization.build import BuildOptions, MiscompiledError, fallback_attempts
+from quantization.methods.ptq import PTQConfig
 
 
 def test_attempts_leave_out_the_least_sensitive_block_first():
@@ -32,7 +33,7 @@ def test_a_miscompiled_auto_fallback_is_rebuilt_without_a_block(tiny_pipe, tmp_p
     options = BuildOptions(sampler="trajectory", steps=4, holdout_every=4, fallback="auto", fallback_budget=2)
     captured = calibration.capture(tiny_pipe, ["a red circle"], sampler=options.sampler, steps=options.steps)
     out = tmp_path / "quantized" / "int8"
-    manifest = build.build_from_inputs(tiny_pipe, captured, out, options, source={})
+    manifest = build.build_from_inputs(PTQConfig(), tiny_pipe, captured, out, options, source={})
     chosen = manifest["fallback"]["miscompiled"]
     assert len(calls) == 2 and len(chosen) == 1 and len(chosen[0]) == 2
     assert manifest["fallback"]["layers"] == chosen[0][:1]  # the less sensitive block left out

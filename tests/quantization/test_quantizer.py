@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantization import ptq
+from quantization.graph import export_unet
+from quantization.methods.ptq import make_quantizer, quantize_graph
+from quantization.package import export_bf16
 from quantization.quantizer import torchao_default
 
 pytestmark = pytest.mark.slow
@@ -30,13 +32,13 @@ def _float_dtypes(program: torch.export.ExportedProgram, op) -> set[torch.dtype]
 
 def test_residuals_stay_unquantized_and_bf16(tiny_pipe, calibration_split):
     calib, _ = calibration_split
-    graph = ptq.export_unet(tiny_pipe.unet, calib[0])
-    ours = ptq.quantize_graph(graph, ptq.make_quantizer(), calib)
-    torchao = ptq.quantize_graph(graph, torchao_default(), calib)
+    graph = export_unet(tiny_pipe.unet, calib[0])
+    ours = quantize_graph(graph, make_quantizer(), calib)
+    torchao = quantize_graph(graph, torchao_default(), calib)
 
     assert _added_dequantized(torchao) > 0  # the pattern this quantizer leaves out exists here
     assert _added_dequantized(ours) == 0
-    program = ptq.export_bf16(ours, calib[0])
+    program = export_bf16(ours, calib[0])
     assert _float_dtypes(program, torch.ops.aten.add.Tensor) == {torch.bfloat16}
     assert _float_dtypes(program, torch.ops.aten.group_norm.default) == {torch.bfloat16}
     # the convolutions and linears themselves are still quantized

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from quantization import ptq, sensitivity
+from quantization import sensitivity
+from quantization.graph import export_unet
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def test_candidates_cover_the_unet_in_order(tiny_pipe):
 
 def test_scan_ranks_the_broken_block_first(tiny_pipe, calibration_split):
     calib, held_out = calibration_split
-    graph = ptq.export_unet(_break(tiny_pipe.unet), calib[0])
+    graph = export_unet(_break(tiny_pipe.unet), calib[0])
     candidates = ["conv_in", "down_blocks.0.resnets.0", BROKEN, "up_blocks.0.resnets.0"]
     results = sensitivity.scan(graph, candidates, calib[:4], held_out)
     assert [r.name for r in results][0] == BROKEN

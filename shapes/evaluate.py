@@ -137,7 +137,7 @@ def evaluate(
     called after each image (progress).
     """
     from app.pipeline.types import GenerationParams
-    from quantization.shapes import dataset, metrics, yardstick
+    from shapes import dataset, metrics, yardstick
 
     if n < 2:
         raise InvalidRequest(f"n must be at least 2 (the Fréchet distance needs two images), got {n}", param="n")

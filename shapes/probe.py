@@ -7,7 +7,7 @@ Starting from pure noise is plain generation. A denoiser that keeps the shape fr
 late start but not from an early one lacks the prompt's conditioning; one that loses it
 even from a late start lacks the fidelity to draw it at all.
 
-    python -m quantization.shapes.probe --model models/mixdiff-shapes --n 48 --starts 1.0,0.7,0.5,0.3
+    python -m shapes.probe --model models/mixdiff-shapes --n 48 --starts 1.0,0.7,0.5,0.3
 
 ``--starts``: fractions of the training timesteps to start from. Prints a markdown table
 (the first row is the VAE's own reconstruction: the ceiling).
@@ -22,7 +22,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from app.pipeline.loader import load_diffusers_pipeline
-from quantization.shapes import dataset, yardstick
+from shapes import dataset, yardstick
 
 #: Data-set seed of the probe's images (kept apart from training and evaluation seeds).
 PROBE_SEED = 777
@@ -70,7 +70,7 @@ def probe(model: str, classifier, *, n: int, starts: list[float], steps: int, gu
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m quantization.shapes.probe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m shapes.probe", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/mixdiff-shapes")
     parser.add_argument("--yardstick", default="models/shapes-yardstick")
     parser.add_argument("--n", type=int, default=48, help="images probed")

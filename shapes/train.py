@@ -1,4 +1,4 @@
-"""Train the embedded default model from scratch: ``python -m quantization.shapes.train pipeline``.
+"""Train the embedded default model from scratch: ``python -m shapes.train pipeline``.
 
 The recipe, in order (every number is a flag; the defaults are the shipped model's):
 
@@ -20,8 +20,8 @@ is kept as it is. The shipped UNet is stage 2 continued this way (the model card
 commands).
 
 ``pipeline`` runs both stages. Training runs under bf16 autocast with fp32 master weights (AMX
-makes bf16 about 3x faster on Xeon CPUs); every random draw comes from the seeds below.
-The yardstick classifier has its own subcommand: ``python -m quantization.shapes.train yardstick``.
+makes bf16 much faster than fp32 on Xeon CPUs); every random draw comes from the seeds below.
+The yardstick classifier has its own subcommand: ``python -m shapes.train yardstick``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor
 
-from quantization.shapes import architecture, dataset
+from shapes import architecture, dataset
 
 #: Data-set seeds of each stage, so no stage trains on another's held-out images.
 VAE_SEED, SCALE_SEED, POOL_SEED, DECODER_SEED, TEXT_SEED = 1, 2, 3, 4, 5
@@ -49,7 +49,7 @@ TEXT_TARGETS = {"shape": dataset.SHAPES, "color": dataset.COLOR_NAMES, "size": d
 
 
 def _math_attention(model) -> None:
-    """Plain matmul-softmax attention: on CPU its bf16 backward is about 3x faster than SDPA's flash kernel."""
+    """Plain matmul-softmax attention: on CPU its bf16 backward is faster than SDPA's flash kernel."""
     model.set_attn_processor(AttnProcessor())
 
 
@@ -422,7 +422,7 @@ def pipeline_command(args) -> int:
 
 
 def yardstick_command(args) -> int:
-    from quantization.shapes import yardstick
+    from shapes import yardstick
 
     torch.set_num_threads(args.threads)
     classifier, accuracy = yardstick.train(
@@ -434,7 +434,7 @@ def yardstick_command(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m quantization.shapes.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m shapes.train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
 
     def common(p, vae_help: str) -> None:
@@ -480,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--snr-gamma", type=float, default=5.0)
         p.add_argument("--caption-dropout", type=float, default=0.1)
         p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                       help="torch.compile the loss (about 3 min once, then about 1.3x faster steps)")
+                       help="torch.compile the loss (minutes once, then faster steps; "
+                       "models/mixdiff-shapes/README.md has the figures)")
         p.add_argument("--checkpoint-every", type=int, default=500, help="write the EMA pipeline to <work>/checkpoint")
 
     v = sub.add_parser("vae", help="stage 1: train the VAE and fine-tune its decoder")

@@ -23,11 +23,13 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from app.engine import malloc
 from app.pipeline.variants import EagerUNet
-from quantization import ptq
-from quantization.artifact import build_package, load_package, required_cpu_features
-from quantization.calibration import UNetInputs
+from common import malloc
+from quantization.graph import UNetGraph, export_unet
+from quantization.inputs import UNetInputs
+from quantization.methods.ptq import make_quantizer, quantize_graph
+from quantization.package import build_package, required_cpu_features
+from quantization.runtime import load_package
 
 #: ``-sdpa``: attention by ATen's SDPA instead of ``kernels``' fused attention, for comparison.
 VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", "int8-compiled")
@@ -66,8 +68,8 @@ def int8_graph(unet, inputs: UNetInputs, quantizer=None) -> torch.fx.GraphModule
     timesteps spread over the schedule, ready for ``build_package``. ``quantizer``: the
     artifacts' own (``ptq.make_quantizer()``) unless given."""
     calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
-    quantizer = quantizer if quantizer is not None else ptq.make_quantizer()
-    return ptq.quantize_graph(ptq.export_unet(unet, inputs), quantizer, calibration)
+    quantizer = quantizer if quantizer is not None else make_quantizer()
+    return quantize_graph(export_unet(unet, inputs), quantizer, calibration)
 
 
 def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Callable], dict]:
@@ -194,7 +196,7 @@ def time_embedding_share(unet, inputs: UNetInputs, rounds: int = 20) -> float:
             unet.time_embedding(unet.time_proj(inputs.timestep))
         embedding = (time.perf_counter() - start) / rounds
         start = time.perf_counter()
-        ptq.UNetGraph(unet)(*inputs.args())
+        UNetGraph(unet)(*inputs.args())
         step = time.perf_counter() - start
     return embedding / step
 

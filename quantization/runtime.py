@@ -1,24 +1,19 @@
-"""Prequantized UNet artifacts: ``<model>/quantized/<name>/`` and how a server loads one.
+"""Serving a prequantized artifact: verify it, load its packages, run it as a UNet variant.
 
-The folder holds, per timestep group, an AOTInductor package (``unet-g<k>.pt2``:
-the INT8/BF16 UNet compiled to a shared library, so loading is ``dlopen``, not
-minutes of compilation) and its weights (``unet-g<k>.safetensors``), and a
-``manifest.json`` saying how it was made and what it needs.
+An artifact is a folder ``<model>/quantized/<name>/``: per timestep group, an
+AOTInductor package (``unet-g<k>.pt2``, the quantized UNet compiled to a shared library,
+so loading is ``dlopen``, not minutes of compilation) and its weights
+(``unet-g<k>.safetensors``: the package's constants, 64-byte aligned in one byte array
+with a table of where each lies and what it is; INT8 weights already in oneDNN's blocked
+layout), and a ``manifest.json`` saying how it was made and what it needs. Its
+``method`` chooses the loader (``LOADERS``). A package is only valid with the torch it
+was compiled by, on a CPU with the instructions it was compiled for (AVX-512, never AMX:
+``portable_isa``), and only for the UNet it was quantized from: ``load_variant`` checks
+all of that, and every file's sha256, before it loads anything, and refuses with an
+``ArtifactError`` naming what is wrong.
 
-The weights are the package's constants, taken from Inductor as it compiles the
-package (``build_package``) and stored next to it, 64-byte aligned in one byte array
-with a table of where each lies and what it is; the INT8 conv/linear weights among
-them are already in oneDNN's blocked layout (freezing prepacks them), which no tensor
-format but a byte array can carry. Stored as safetensors they are plain data, not code
-or pickles, and the package is code only. At load time they are copied into one
-64-byte-aligned block and handed to the package as its constants (``load_package``):
-AOTInductor's own loader puts them in a ``malloc`` block, 16 bytes past a cache line,
-where the INT8 kernels read their weights 1.4-1.5x slower (docs/QUANTIZATION.md).
-A compiled package is
-only valid with the torch it was compiled by, on a CPU with the instructions it was
-compiled for (AVX-512, never AMX: ``portable_isa``), and only for the UNet it was
-quantized from; ``load_variant`` checks all of that, and every file's sha256, before
-it loads anything, and refuses with an ``ArtifactError`` naming what is wrong.
+This module is all a server needs of ``quantization``: it imports no calibration, export
+or build code (``quantization.build`` and the methods write what it reads).
 """
 
 from __future__ import annotations
@@ -27,134 +22,29 @@ import contextlib
 import ctypes
 import hashlib
 import json
-import platform
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
-from torch.export.pt2_archive._package import PT2ArchiveReader, PT2ArchiveWriter
 
 import kernels
-from quantization import ptq
-from quantization.calibration import UNetInputs
-from quantization.ptq import TimestepGroups, run_in_batches
+from quantization.inputs import TimestepGroups, UNetInputs, run_in_batches
 
 MANIFEST = "manifest.json"
 #: 4: packages compiled with ``aoti_codegen``'s fix; format 3 packages leak an activation
 #: per INT8 linear with a folded residual, on every call.
 FORMAT = 4
-_REQUIRED = ("runtime", "files", "timestep_groups", "model")
-#: gcc ``-m`` flags Inductor compiles CPU kernels with, and the /proc/cpuinfo flag each needs.
-_GCC_TO_CPUINFO = {
-    "-mavx2": "avx2",
-    "-mfma": "fma",
-    "-mavx512f": "avx512f",
-    "-mavx512dq": "avx512dq",
-    "-mavx512vl": "avx512vl",
-    "-mavx512bw": "avx512bw",
-    "-mavx512bf16": "avx512_bf16",
-    "-mavx512vnni": "avx512_vnni",
-}
-
-
-class ArtifactError(Exception):
-    """A quantized artifact is missing, damaged, or does not fit this runtime, CPU or model."""
-
-
-def package_name(group: int) -> str:
-    return f"unet-g{group}.pt2"
-
-
-def weights_name(group: int) -> str:
-    return f"unet-g{group}.safetensors"
-
-
-#: How AOTInductor names the constants blob inside a package.
-_BLOB_SUFFIX = "_weights.blob"
-#: Records every PT2 archive writer adds by itself; copying them would duplicate them.
-_WRITER_RECORDS = ".data/"
-_BLOB_KEY = "constants"
+_REQUIRED = ("method", "runtime", "files", "timestep_groups", "model")
+#: The safetensors key of the constants' byte array.
+BLOB_KEY = "constants"
 #: Where each constant starts in the byte array: a cache line, as AMX and AVX-512 loads want.
 ALIGNMENT = 64
 
 
-@contextlib.contextmanager
-def _captured_constants():
-    """The constants (name, tensor) of the package AOTInductor compiles inside the block, as it
-    serializes them: the frozen graph's, the prepacked oneDNN weights among them."""
-    from torch._inductor.codecache import AotCodeCompiler
-
-    captured: list[tuple[str, torch.Tensor]] = []
-    original = AotCodeCompiler.compile
-
-    def capture(cls, graph, *args, **kwargs):
-        captured.extend(
-            (name, graph.get_original_value_of_constant(name))
-            for name in graph.constants
-            if name not in graph.folded_constants
-        )
-        return original.__func__(cls, graph, *args, **kwargs)
-
-    AotCodeCompiler.compile = classmethod(capture)
-    try:
-        yield captured
-    finally:
-        AotCodeCompiler.compile = original
-
-
-def _constant_bytes(tensor: torch.Tensor) -> tuple[int, int]:
-    """(address, size) of the memory a constant's data lives in: a prepacked oneDNN tensor's
-    buffer, or a strided tensor's whole storage (its view is rebuilt from sizes and strides)."""
-    if tensor.is_mkldnn:
-        return torch.ops.mkldnn.data_ptr(tensor), torch.ops.mkldnn._nbytes(tensor)
-    return tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes()
-
-
-def _save_constants(constants: list[tuple[str, torch.Tensor]], weights: Path, package: str) -> None:
-    """Write ``constants`` into ``weights``: one uint8 array, each constant at an ``ALIGNMENT``
-    boundary, and a table (metadata ``"table"``) of its name, place, dtype and shape."""
-    table, sources, offset = [], [], 0
-    for name, tensor in constants:
-        address, nbytes = _constant_bytes(tensor)
-        sources.append(address)
-        entry = {"name": name, "offset": offset, "nbytes": nbytes, "dtype": str(tensor.dtype).removeprefix("torch.")}
-        entry["sizes"] = list(tensor.shape)
-        if tensor.is_mkldnn:
-            entry["mkldnn_md"] = torch.ops.mkldnn._get_mkldnn_serialized_md(tensor).numpy().tobytes().hex()
-        else:
-            entry["strides"], entry["storage_offset"] = list(tensor.stride()), tensor.storage_offset()
-        table.append(entry)
-        offset += -(-nbytes // ALIGNMENT) * ALIGNMENT
-    blob = torch.empty(offset, dtype=torch.uint8)
-    for address, entry in zip(sources, table):
-        ctypes.memmove(blob.data_ptr() + entry["offset"], address, entry["nbytes"])
-    save_file({_BLOB_KEY: blob}, str(weights), metadata={"table": json.dumps(table), "package": package})
-
-
-def _strip(package: Path) -> None:
-    """Drop AOTInductor's own copy of the constants from ``package``, and the generated C++
-    sources: the loader needs only the compiled library, and they name the build machine's
-    paths in their compile commands."""
-    staged = package.with_name(package.name + ".tmp")
-    with PT2ArchiveReader(str(package)) as reader, PT2ArchiveWriter(str(staged)) as writer:
-        for name in reader.get_file_names():
-            if not name.endswith((_BLOB_SUFFIX, ".cpp")) and not name.startswith(_WRITER_RECORDS):
-                writer.write_bytes(name, reader.read_bytes(name))
-    staged.replace(package)
-
-
-@contextlib.contextmanager
-def constants_apart(package: Path, weights: Path):
-    """Around the AOTInductor compilation of ``package``: afterwards its constants are in
-    ``weights`` (``ALIGNMENT``-aligned, with their table) and the package holds code only."""
-    with _captured_constants() as constants:
-        yield
-    if not constants:
-        raise RuntimeError(f"AOTInductor compiled {package.name} without handing over its constants")
-    _strip(package)
-    _save_constants(constants, weights, package.name)
+class ArtifactError(Exception):
+    """A quantized artifact is missing, damaged, or does not fit this runtime, CPU or model."""
 
 
 @contextlib.contextmanager
@@ -178,12 +68,6 @@ def portable_isa():
     finally:
         torch.cpu._is_amx_tile_supported = original
         cpu_vec_isa.valid_vec_isa_list.cache_clear()
-
-
-def build_package(converted: torch.fx.GraphModule, example: UNetInputs, package: Path, weights: Path) -> None:
-    """Compile ``converted`` into the AOTInductor ``package`` (code only) and its constants into ``weights``."""
-    with constants_apart(package, weights), portable_isa():
-        ptq.compile_package(converted, example, str(package))
 
 
 class _Shim:
@@ -231,7 +115,7 @@ def load_package(package: Path, weights: Path) -> Package:
     """The runnable AOTInductor model of ``package`` with the constants in ``weights`` handed to it."""
     with safe_open(str(weights), "pt") as f:
         table = json.loads(f.metadata()["table"])
-        blob = f.get_tensor(_BLOB_KEY)  # memory-mapped
+        blob = f.get_tensor(BLOB_KEY)  # memory-mapped
         memory = torch.empty(blob.numel(), dtype=torch.uint8)  # torch allocates 64-byte aligned
         memory.copy_(blob)
         del blob
@@ -276,27 +160,6 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def required_cpu_features() -> list[str]:
-    """The CPU flags the kernels Inductor compiles for a package rely on (from the vector ISA
-    ``portable_isa`` picks)."""
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-
-    with portable_isa():
-        flags = pick_vec_isa().build_arch_flags().split()
-    return sorted({_GCC_TO_CPUINFO[f] for f in flags if f in _GCC_TO_CPUINFO})
-
-
-def runtime() -> dict:
-    """What a compiled package depends on, recorded at build time and checked at load time."""
-    return {
-        "torch": torch.__version__,
-        "torchao": version("torchao"),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_features": required_cpu_features(),
-    }
-
-
 def unet_fingerprint(unet: torch.nn.Module) -> str:
     """A cheap identity of a UNet: its config and a strided sample of every weight."""
     config = {k: v for k, v in unet.config.items() if not k.startswith("_")}  # "_..." is bookkeeping
@@ -307,14 +170,6 @@ def unet_fingerprint(unet: torch.nn.Module) -> str:
             digest.update(name.encode())
             digest.update(flat[:: max(1, flat.numel() // 64)].float().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def write_manifest(folder: Path, manifest: dict) -> dict:
-    """Hash every file of ``folder`` into ``manifest["files"]`` and write ``manifest.json``."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
-    manifest = {**manifest, "format": FORMAT, "files": {p.name: sha256(p) for p in files}}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
 
 
 def read_manifest(folder: Path) -> dict:
@@ -370,7 +225,7 @@ class Int8UNet:
     """A ``UNetVariant`` running the artifact's compiled packages, one per timestep group.
 
     Takes and returns fp32. Any batch works (the packages run batches of
-    ``ptq.BATCH``, so a larger one runs in chunks); the latent size is fixed at the
+    ``BATCH``, so a larger one runs in chunks); the latent size is fixed at the
     one it was built for, which ``supports`` tells before a generation starts.
     """
 
@@ -400,10 +255,8 @@ class Int8UNet:
         return run_in_batches(runner, inputs.args())
 
 
-def load_variant(path: Path, pipe) -> Int8UNet:
-    """The artifact at ``path`` as a UNet variant named after its folder, once verified."""
-    path = Path(path)
-    manifest = verify(path, pipe.unet)
+def _load_int8(path: Path, manifest: dict, pipe) -> Int8UNet:
+    """An INT8 artifact's packages, one per timestep group, as one variant."""
     if "attention" in manifest["recipe"]:  # its packages call torch.ops.mixdiff.int8_attention
         try:
             kernels.load()
@@ -416,3 +269,21 @@ def load_variant(path: Path, pipe) -> Int8UNet:
         except Exception as exc:  # a package the runtime cannot open: say which, keep the cause
             raise ArtifactError(f"cannot load package {group['file']} with {group['weights']}: {exc}") from exc
     return Int8UNet(path.name, manifest, runners, pipe.vae_scale_factor)
+
+
+#: How an artifact is loaded, by the ``method`` its manifest names (``quantization.methods``
+#: writes these names): a method whose artifacts load differently adds its loader here.
+LOADERS: dict[str, Callable[[Path, dict, object], object]] = {
+    "ptq-int8-static": _load_int8,
+    "qat-int8-static": _load_int8,
+}
+
+
+def load_variant(path: Path, pipe):
+    """The artifact at ``path`` as a UNet variant named after its folder, once verified."""
+    path = Path(path)
+    manifest = verify(path, pipe.unet)
+    loader = LOADERS.get(manifest["method"])
+    if loader is None:
+        raise ArtifactError(f"made by method {manifest['method']!r}, which this mixdiff cannot load")
+    return loader(path, manifest, pipe)

@@ -15,8 +15,8 @@ from pathlib import Path
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from app.pipeline.tokenizer import write_clip_tokenizer
-from quantization.shapes.dataset import SIZE, VOCABULARY
+from common.tokenizer import write_clip_tokenizer
+from shapes.dataset import SIZE, VOCABULARY
 
 #: Tokens per prompt; captions of the data set take at most about 22.
 MAX_TOKENS = 32

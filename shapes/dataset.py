@@ -255,3 +255,21 @@ def caption_of(index: int, seed: int = 0) -> str:
 def images(indices, seed: int = 0, **kwargs) -> np.ndarray:
     """Items ``indices`` as one (n, 64, 64, 3) uint8 array."""
     return np.stack([render(scene(int(i), seed, **kwargs)) for i in indices])
+
+
+#: Seed of the captions ``mixdiff quantize`` calibrates on by default (not the training seed).
+CALIBRATION_SEED = 7919
+
+
+def calibration_prompts(n: int) -> list[str]:
+    """``n`` captions of the data set, from a seed of their own: default calibration prompts."""
+    return [caption_of(i, CALIBRATION_SEED) for i in range(n)]
+
+
+#: Seed of the images ``mixdiff quantize qat --data shapes`` trains on.
+QAT_SEED = 6007
+
+
+def examples(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Items ``0..n-1`` of the data set with ``seed``: their images and captions."""
+    return images(range(n), seed), [caption_of(i, seed) for i in range(n)]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from quantization.shapes import dataset
+from shapes import dataset
 
 #: What the classifier reads, and the labels of each head.
 HEADS: dict[str, tuple[str, ...]] = {
@@ -162,7 +162,7 @@ def load(directory: str | Path) -> Classifier:
     directory = Path(directory)
     if not (directory / WEIGHTS).is_file():
         raise FileNotFoundError(f"no yardstick classifier in {directory} (expected {WEIGHTS}); train one with "
-                                "'python -m quantization.shapes.train yardstick'")
+                                "'python -m shapes.train yardstick'")
     config = json.loads((directory / CONFIG).read_text())
     if {k: tuple(v) for k, v in config["heads"].items()} != HEADS:
         raise ValueError(f"the yardstick in {directory} reads other labels than this data set; retrain it")

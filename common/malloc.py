@@ -13,12 +13,13 @@ fault in the same memory again, 4 KB page by 4 KB page. Three tunables change th
   heap is kept for the next step rather than returned; what a larger burst (a VAE
   decode) frees beyond it still goes back.
 
-On SD 1.5 at 512x512, huge pages alone made a compiled BF16 step 8% and an INT8 step 15%
-faster; keeping the memory took the kernel's page clearing from 7% of an INT8 step to
-0.1% (docs/QUANTIZATION.md, ``bench/malloc_tunables.py``). glibc reads ``GLIBC_TUNABLES``
-once, when a process starts, so they are set for processes yet to start: the server's
-workers, or the command itself run again. A tunable ``GLIBC_TUNABLES`` already names
-is left as it is; other C libraries (jemalloc in the image) ignore them all.
+On SD 1.5 at 512x512, huge pages alone made compiled BF16 and INT8 steps faster, and
+keeping the memory all but removed the kernel's page clearing from an INT8 step
+(docs/notes/quantization-history.md, "Huge pages" and "Keeping the memory";
+``bench/malloc_tunables.py``). glibc reads ``GLIBC_TUNABLES`` once, when a process
+starts, so they are set for processes yet to start: the server's workers, or the command
+itself run again. A tunable ``GLIBC_TUNABLES`` already names is left as it is; other C
+libraries (jemalloc in the image) ignore them all.
 
 Memory freed in the middle of the heap is never returned by ``free`` alone, so a
 process that allocates unevenly (a build, a worker between requests of different

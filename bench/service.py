@@ -31,16 +31,17 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from transformers import CLIPTextModel
 
-from app.engine import malloc
 from app.pipeline.tiny import (
     build_tiny_pipeline,
     clip_text_config,
     clip_tokenizer,
     sd_scheduler,
 )
-from quantization import bench, ptq
-from quantization.artifact import ArtifactError, verify
+from bench import unet_step
+from common import malloc
 from quantization.build import BuildOptions, build_from_inputs
+from quantization.methods.ptq import RECIPE, PTQConfig
+from quantization.runtime import ArtifactError, verify
 
 #: Schedules every round generates, by label.
 SCHEDULES = {
@@ -73,7 +74,7 @@ def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=bench.sd15_unet(seed),
+        unet=unet_step.sd15_unet(seed),
         scheduler=sd_scheduler(),
         safety_checker=None,
         feature_extractor=None,
@@ -88,7 +89,7 @@ def prepare(work: Path, unet: str = "sd15") -> Path:
     folder = work / f"{unet}-random"
     artifact = folder / "quantized" / "int8"
     try:
-        if verify(artifact)["recipe"] != ptq.RECIPE:
+        if verify(artifact)["recipe"] != RECIPE:
             raise ArtifactError("made with another recipe than this mixdiff's")
         return folder
     except ArtifactError as exc:
@@ -98,10 +99,10 @@ def prepare(work: Path, unet: str = "sd15") -> Path:
     pipe = sd15_pipeline() if unet == "sd15" else build_tiny_pipeline("sd")
     if not (folder / "model_index.json").is_file():
         pipe.save_pretrained(folder)
-    inputs = [bench.random_inputs(pipe.unet, t, seed=i) for i, t in enumerate(_TIMESTEPS)]
-    build_from_inputs(pipe, inputs, artifact, _OPTIONS, source={"inputs": "random, at spread timesteps"})
-    # The build's 12 GB (SD 1.5) back to the system before the servers start beside this
-    # process: kept, they and a compiled server's worker ran a 24 GB machine out of memory.
+    inputs = [unet_step.random_inputs(pipe.unet, t, seed=i) for i, t in enumerate(_TIMESTEPS)]
+    build_from_inputs(PTQConfig(), pipe, inputs, artifact, _OPTIONS, source={"inputs": "random, at spread timesteps"})
+    # The build's memory (gigabytes for SD 1.5) back to the system before the servers start
+    # beside this process: kept, it and a compiled server's worker ran the machine out of memory.
     del pipe, inputs
     gc.collect()
     malloc.release()
@@ -207,7 +208,7 @@ def run(work: Path, *, unet: str = "sd15", compile_modes=(False, True), rounds: 
         "rounds": rounds,
         "cores": len(os.sched_getaffinity(0)),
         "torch": torch.__version__,
-        "cpu": bench.cpu_model(),
+        "cpu": unet_step.cpu_model(),
         "prepare_seconds": round(prepare_seconds, 1),
         "artifact": {k: manifest[k] for k in ("artifact_bytes", "load_seconds", "load_rss_bytes", "build_seconds")},
         "runs": runs,

@@ -1,0 +1,58 @@
+"""The UNet as a graph: what every quantization method starts from.
+
+``export_unet`` turns a diffusers UNet into the FP32 graph module PT2E's ``prepare_*``
+functions take, with the argument list the compiled packages keep
+(``UNetGraph``) and its attention as ``mixdiff.int8_attention``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.attention import FusedAttnProcessor
+from quantization.inputs import UNetInputs, chunks
+
+
+class UNetGraph(torch.nn.Module):
+    """The UNet as a function of tensors only, the form ``torch.export`` takes.
+
+    Arguments: ``sample, timestep (1-D), encoder_hidden_states`` and, for SDXL,
+    ``text_embeds, time_ids``. Module names inside are ``unet.<name>``.
+    """
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(
+            sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+        )[0]
+
+
+def example_args(example: UNetInputs) -> tuple[torch.Tensor, ...]:
+    """``example``'s arguments cut to the batch the graphs are exported for."""
+    return next(chunks(example.args()))[0]
+
+
+def export_unet(unet: torch.nn.Module, example: UNetInputs) -> torch.fx.GraphModule:
+    """The FP32 UNet as an exported graph module, ready for ``prepare_pt2e``; its attention
+    is ``mixdiff.int8_attention`` (SDPA in FP32, the fused kernel once autocast makes it BF16)."""
+    graph = UNetGraph(unet).eval()
+    processors = unet.attn_processors
+    unet.set_attn_processor(FusedAttnProcessor(int8_scores=True))  # builds the kernels, or raises why it cannot
+    try:
+        with torch.no_grad():
+            return torch.export.export(graph, example_args(example)).module()
+    finally:
+        unet.set_attn_processor(processors)
+
+
+def drop_tensor_metadata_asserts(graph: torch.fx.GraphModule) -> None:
+    """Remove ``aten._assert_tensor_metadata`` nodes: they pin fp32 dtypes that BF16
+    autocast changes, so the second export would fail on them."""
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target == torch.ops.aten._assert_tensor_metadata.default:
+            graph.graph.erase_node(node)
+    graph.recompile()

@@ -1,0 +1,498 @@
+"""Quantization-aware training with knowledge distillation (``mixdiff quantize qat``).
+
+The method of "Effective Quantization for Diffusion Models on CPUs": the FP32 UNet is
+the teacher; a copy of it, fake-quantized as the INT8 artifact will compute
+(``prepare_qat_pt2e`` with ``UNetQuantizer`` set for QAT: per-channel weights,
+per-tensor activations on moving-average ranges), is the student. Each step noises
+training latents at timesteps drawn as in the model's training, runs both UNets, and
+updates the student on
+
+    denoise_weight · ‖o_S − target‖² + kd_weight · ‖o_S − o_T‖² [+ feature_kd_weight · Σ_blocks ‖f_S − f_T‖² / ‖f_T‖²]
+
+(``target`` is the noise or the velocity, as the model predicts). Then the student is
+converted (``convert_pt2e``) and goes through the same packaging as every method.
+
+The training latents come from a ``TrainingData``: images with captions, encoded by the
+model's own VAE and text encoder (``Images``, ``ImageFolder``), or, data-free, latents
+the FP32 model generates from prompts (``GeneratedLatents``). Training is deterministic
+for a seed, writes a checkpoint every ``checkpoint_every`` steps and a line per step to
+``loss.jsonl`` in ``work``, and ``resume`` continues from the last checkpoint there.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from quantization.calibration import NORMAL_MEAN, NORMAL_STD
+from quantization.graph import drop_tensor_metadata_asserts
+from quantization.inputs import BATCH, run_in_batches
+from quantization.methods.ptq import RECIPE as PTQ_RECIPE
+from quantization.methods.ptq import make_quantizer
+
+log = logging.getLogger(__name__)
+
+TIMESTEP_LAWS = ("uniform", "normal")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CHECKPOINT = "checkpoint.pt"
+LOSS_LOG = "loss.jsonl"
+
+
+# 1. training data -----------------------------------------------------------------------
+
+
+class Images:
+    """Images with captions from a function ``load(n) -> (uint8 images (n, h, w, 3), captions)``."""
+
+    def __init__(self, load: Callable[[int], tuple[np.ndarray, list[str]]], description: str):
+        self.load, self.description = load, description
+
+    def latents(self, pipe, n: int) -> tuple[torch.Tensor, list[str]]:
+        images, captions = self.load(n)
+        return _encode_images(pipe, images), list(captions)
+
+
+class ImageFolder(Images):
+    """A folder of images, each with its caption in a ``.txt`` file of the same name; checked
+    when made, so a missing caption fails before any work is done."""
+
+    def __init__(self, folder: Path):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(f"training data folder {folder} does not exist")
+        self.pairs = []
+        for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            text = image.with_suffix(".txt")
+            if not text.is_file():
+                raise ValueError(f"image {image.name} in {folder} has no caption file {text.name}")
+            caption = text.read_text().strip()
+            if not caption:
+                raise ValueError(f"caption file {text.name} in {folder} is empty")
+            self.pairs.append((image, caption))
+        if not self.pairs:
+            raise ValueError(f"training data folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        super().__init__(self._load, f"{len(self.pairs)} images with captions from {folder.name}/")
+        self.size: int | None = None  # pixels per side, set by ``latents`` from the model
+
+    def _load(self, n: int) -> tuple[np.ndarray, list[str]]:
+        from PIL import Image
+
+        chosen = [self.pairs[i % len(self.pairs)] for i in range(n)]
+        images = []
+        for path, _ in chosen:
+            with Image.open(path) as image:
+                images.append(np.asarray(image.convert("RGB").resize((self.size, self.size), Image.BICUBIC)))
+        return np.stack(images), [caption for _, caption in chosen]
+
+    def latents(self, pipe, n: int) -> tuple[torch.Tensor, list[str]]:
+        self.size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        return super().latents(pipe, n)
+
+
+class GeneratedLatents:
+    """Data-free: the latents the FP32 pipeline itself generates from ``prompts`` (cycled),
+    one seed each."""
+
+    def __init__(self, prompts: Sequence[str], steps: int = 50, guidance_scale: float = 5.0, seed: int = 0):
+        if not prompts:
+            raise ValueError("data-free training needs at least one prompt")
+        self.prompts, self.steps, self.guidance_scale, self.seed = list(prompts), steps, guidance_scale, seed
+        self.description = f"latents the FP32 model generated from {len(self.prompts)} prompts, {steps} steps"
+
+    @torch.no_grad()
+    def latents(self, pipe, n: int, batch: int = 16) -> tuple[torch.Tensor, list[str]]:
+        captions = [self.prompts[i % len(self.prompts)] for i in range(n)]
+        out = []
+        for start in range(0, n, batch):
+            chunk = captions[start : start + batch]
+            generators = [torch.Generator().manual_seed(self.seed + start + i) for i in range(len(chunk))]
+            result = pipe(
+                chunk,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance_scale,
+                generator=generators,
+                output_type="latent",
+            )
+            out.append(result.images.float())
+            log.info("generated %d/%d training latents", min(start + batch, n), n)
+        return torch.cat(out), captions
+
+
+def _encode_images(pipe, images: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """Scaled latent means of uint8 ``images`` (n, h, w, 3), as the UNet sees them."""
+    expected = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if images.shape[1:3] != (expected, expected):
+        raise ValueError(f"training images are {images.shape[2]}x{images.shape[1]} px; this model draws {expected}x{expected}")
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(images[start : start + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            out.append(pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor)
+    return torch.cat(out).float()
+
+
+@torch.no_grad()
+def _embed(pipe, captions: Sequence[str], batch: int = 256) -> torch.Tensor:
+    """Text-encoder states of ``captions``, as the pipeline computes them."""
+    return torch.cat(
+        [pipe.encode_prompt(list(captions[i : i + batch]), "cpu", 1, False)[0] for i in range(0, len(captions), batch)]
+    ).float()
+
+
+# 2. the student and what it is taught with ----------------------------------------------
+
+
+def _blocks(unet: torch.nn.Module) -> list[str]:
+    """The UNet's down, mid and up blocks, whose outputs feature distillation compares."""
+    names = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
+    names += ["mid_block"] if unet.mid_block is not None else []
+    return names + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+
+
+def _last_node_of(graph: torch.fx.GraphModule, block: str) -> str:
+    """The name of the last node computed inside UNet module ``block`` (its output)."""
+    path = f"unet.{block}"
+    last = None
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op == "call_function" and any(p == path or p.startswith(path + ".") for p, _ in stack.values()):
+            last = node.name
+    if last is None:
+        raise ValueError(f"no node of {path} in the exported graph")
+    return last
+
+
+class _Taps:
+    """Values of chosen nodes of a graph module, recorded on every call (for feature distillation).
+
+    ``add`` inserts a recording call after each node; ``remove`` takes the calls out again."""
+
+    def __init__(self):
+        self.values: dict[str, torch.Tensor] = {}
+        self.nodes: list[torch.fx.Node] = []
+
+    def _record(self, name: str, value: torch.Tensor) -> None:
+        self.values[name] = value
+
+    def add(self, graph: torch.fx.GraphModule, names: Sequence[str]) -> _Taps:
+        by_name = {node.name: node for node in graph.graph.nodes}
+        for name in names:
+            with graph.graph.inserting_after(by_name[name]):
+                self.nodes.append(graph.graph.call_function(self._record, (name, by_name[name])))
+        graph.recompile()
+        return self
+
+    def remove(self, graph: torch.fx.GraphModule) -> None:
+        for node in self.nodes:
+            graph.graph.erase_node(node)
+        self.nodes = []
+        graph.recompile()
+
+
+def _feature_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over blocks of each block's output error relative to the teacher's output size."""
+    terms = [F.mse_loss(student[k].float(), v.float()) / v.float().pow(2).mean().clamp_min(1e-12) for k, v in teacher.items()]
+    return torch.stack(terms).mean()
+
+
+def _observers(graph: torch.fx.GraphModule) -> list[torch.nn.Module]:
+    """The observers (or fake quantizers) ``prepare_*_pt2e`` inserted, in graph order."""
+    modules = dict(graph.named_modules())
+    return [
+        modules[node.target]
+        for node in graph.graph.nodes
+        if node.op == "call_module" and node.target.startswith("activation_post_process_")
+    ]
+
+
+@torch.no_grad()
+def _start_from_ptq(student: torch.fx.GraphModule, graph, fallback: Sequence[str], calibration) -> int:
+    """Give ``student``'s activation fake quantizers PTQ's ranges (histogram observers on the
+    calibration inputs) and freeze them there; weights keep tracking their own ranges. The
+    moving-average min/max ranges QAT would start from take the first batch's extremes:
+    ten times PTQ's error on the embedded model. Returns how many ranges were set."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    observed = prepare_pt2e(copy.deepcopy(graph), make_quantizer(fallback))
+    for item in calibration:
+        run_in_batches(observed, item.args())
+    ptq, qat = _observers(observed), _observers(student)
+    if len(ptq) != len(qat):
+        raise RuntimeError(f"PTQ and QAT annotate the graph differently ({len(ptq)} and {len(qat)} observers)")
+    n = 0
+    for source, fake in zip(ptq, qat):
+        if fake.qscheme != torch.per_tensor_affine:  # a weight: its range follows it as it trains
+            continue
+        scale, zero_point = source.calculate_qparams()
+        low, high = fake.activation_post_process.quant_min, fake.activation_post_process.quant_max
+        fake.activation_post_process.min_val.copy_(((low - zero_point) * scale).reshape(()))
+        fake.activation_post_process.max_val.copy_(((high - zero_point) * scale).reshape(()))
+        fake.scale.copy_(scale)
+        fake.zero_point.copy_(zero_point)
+        fake.disable_observer()
+        n += 1
+    return n
+
+
+def _lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` x the peak rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _draw_timesteps(law: str, n: int, rng: np.random.Generator, T: int) -> torch.Tensor:
+    if law == "uniform":
+        t = rng.integers(0, T, size=n)
+    else:
+        t = np.clip(np.rint(rng.normal(NORMAL_MEAN * T, NORMAL_STD * T, size=n)), 0, T - 1)
+    return torch.from_numpy(t.astype(np.int64))
+
+
+# 3. the method ---------------------------------------------------------------------------
+
+
+@dataclass
+class QATConfig:
+    """Quantization-aware training of the student against the FP32 teacher, then static INT8."""
+
+    name: ClassVar[str] = "qat"
+    manifest_method: ClassVar[str] = "qat-int8-static"
+
+    data: Images | GeneratedLatents | None = None
+    data_size: int = 2048
+    timesteps: str = "uniform"
+    caption_dropout: float = 0.1
+    train_steps: int = 1000
+    batch: int = 8
+    lr: float = 1e-5
+    warmup: int = 50
+    kd_weight: float = 1.0
+    denoise_weight: float = 1.0
+    feature_kd_weight: float = 0.0
+    ema: float = 0.0
+    init_from_calibration: bool = True
+    work: Path = Path("runs/qat/int8")
+    checkpoint_every: int = 100
+    resume: bool = False
+    seed: int = 0
+    #: what the training run did, for the manifest (filled in by ``quantize``)
+    summary: dict = field(default_factory=dict, repr=False)
+    _trained: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.data is None:
+            raise ValueError("QAT needs training data")
+        if self.timesteps not in TIMESTEP_LAWS:
+            raise ValueError(f"unknown timestep law {self.timesteps!r}; known: {', '.join(TIMESTEP_LAWS)}")
+        if self.batch % BATCH:
+            raise ValueError(f"--batch must be a multiple of {BATCH} (the UNet graph's batch), got {self.batch}")
+        if not 0 <= self.caption_dropout <= 1:
+            raise ValueError(f"--caption-dropout must be within [0, 1], got {self.caption_dropout}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema must be within [0, 1), got {self.ema}")
+        if min(self.kd_weight, self.denoise_weight, self.feature_kd_weight) < 0:
+            raise ValueError("loss weights must not be negative")
+        if self.kd_weight + self.denoise_weight + self.feature_kd_weight == 0:
+            raise ValueError("at least one loss weight must be positive")
+
+    def recipe(self) -> dict:
+        options = {k: v for k, v in asdict(self).items() if k not in ("data", "summary", "_trained", "work", "resume")}
+        return {
+            **PTQ_RECIPE,
+            "flow": "pt2e qat (torch.export -> prepare_qat_pt2e -> train against the fp32 teacher -> convert_pt2e)",
+            "activations": "uint8 per-tensor affine, static, moving-average ranges learned in training",
+            "training": {
+                **options,
+                "data": self.data.description,
+                "loss": "denoise_weight * mse(student, target) + kd_weight * mse(student, fp32 teacher)"
+                + (" + feature_kd_weight * block-output mse" if self.feature_kd_weight else ""),
+                "optimizer": "AdamW (0.9, 0.999), no weight decay, gradients clipped to norm 1, warm-up then cosine",
+                **self.summary,
+            },
+        }
+
+    def quantize(self, graph: torch.fx.GraphModule, fallback: Sequence[str], calibration, context) -> torch.fx.GraphModule:
+        """The student trained with everything but ``fallback`` fake-quantized, converted to INT8.
+        A fallback set trained once is not trained again (the build may retry a compile)."""
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        if context.timestep_groups > 1:
+            raise ValueError("qat trains one set of activation ranges: use --timestep-groups 1")
+        key = tuple(fallback)
+        if key not in self._trained:
+            self._trained[key] = self.train(graph, fallback, calibration, context.pipe)
+        converted = convert_pt2e(copy.deepcopy(self._trained[key]))
+        drop_tensor_metadata_asserts(converted)
+        return converted
+
+    def train(self, graph: torch.fx.GraphModule, fallback: Sequence[str], calibration, pipe) -> torch.fx.GraphModule:
+        """The fake-quantized student of ``graph`` (FP32 teacher), trained; ``calibration`` (UNet
+        inputs) starts its activation ranges unless ``init_from_calibration`` is off."""
+        from diffusers import DDPMScheduler
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+        if pipe.unet.config.get("addition_embed_type"):
+            raise ValueError("qat supports SD 1.x and 2.x UNets; this one takes added conditions (SDXL)")
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        T = noise_scheduler.config.num_train_timesteps
+        prediction = noise_scheduler.config.prediction_type
+
+        # 1. training latents and their captions' text states, computed once
+        start = time.perf_counter()
+        latents, captions = self.data.latents(pipe, self.data_size)
+        states, empty = _embed(pipe, captions), _embed(pipe, [""])
+        data_seconds = time.perf_counter() - start
+        log.info("qat: %d training latents (%s) in %.0f s", len(latents), self.data.description, data_seconds)
+
+        # 2. the student, its activation ranges PTQ's
+        student = prepare_qat_pt2e(copy.deepcopy(graph), make_quantizer(fallback, is_qat=True))
+        if self.init_from_calibration and calibration:
+            ranges = _start_from_ptq(student, graph, fallback, calibration)
+            log.info("qat: %d activation ranges from PTQ calibration on %d inputs, frozen", ranges, len(calibration))
+        params = [p for p in student.parameters() if p.is_floating_point()]
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=self.lr, betas=(0.9, 0.999), weight_decay=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, self.warmup, self.train_steps))
+        ema = [p.detach().clone() for p in params] if self.ema else None
+
+        # 3. resume
+        self.work.mkdir(parents=True, exist_ok=True)
+        checkpoint_path, loss_log = self.work / CHECKPOINT, self.work / LOSS_LOG
+        first, seconds_before = 0, 0.0
+        if self.resume:
+            first, seconds_before = self._load_checkpoint(checkpoint_path, student, optimizer, scheduler, ema, rng)
+            log.info("qat: resumed at step %d from %s", first, checkpoint_path)
+        elif loss_log.exists():
+            loss_log.unlink()
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + first)
+
+        # 4. the loop
+        move_exported_model_to_train(student)
+        teacher, teacher_taps, student_taps = graph, None, None
+        if self.feature_kd_weight:  # taps after the move to training: it drops nodes whose values go unused
+            nodes = [_last_node_of(graph, block) for block in _blocks(pipe.unet)]
+            teacher = copy.deepcopy(graph)
+            teacher_taps, student_taps = _Taps().add(teacher, nodes), _Taps().add(student, nodes)
+        micro = self.batch // BATCH
+        started = time.perf_counter()
+        for step in range(first, self.train_steps):
+            optimizer.zero_grad(set_to_none=True)
+            totals = {"loss": 0.0, "denoise": 0.0, "kd": 0.0, "feature_kd": 0.0}
+            for _ in range(micro):
+                idx = torch.from_numpy(rng.integers(0, len(latents), size=BATCH))
+                dropped = torch.from_numpy(rng.random(BATCH) < self.caption_dropout)
+                text = torch.where(dropped[:, None, None], empty.expand(BATCH, -1, -1), states[idx])
+                z0 = latents[idx]
+                noise = torch.randn(z0.shape, generator=generator)
+                t = _draw_timesteps(self.timesteps, BATCH, rng, T)
+                zt = noise_scheduler.add_noise(z0, noise, t)
+                target = noise if prediction == "epsilon" else noise_scheduler.get_velocity(z0, noise, t)
+                args = (zt, t.float(), text)
+                with torch.no_grad():
+                    o_t = teacher(*args)
+                o_s = student(*args)
+                terms = {"denoise": F.mse_loss(o_s, target), "kd": F.mse_loss(o_s, o_t)}
+                loss = self.denoise_weight * terms["denoise"] + self.kd_weight * terms["kd"]
+                if student_taps is not None:
+                    terms["feature_kd"] = _feature_loss(student_taps.values, teacher_taps.values)
+                    loss = loss + self.feature_kd_weight * terms["feature_kd"]
+                (loss / micro).backward()
+                for k, v in (("loss", loss), *terms.items()):
+                    totals[k] += v.item() / micro
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - self.ema)
+            done = step + 1
+            elapsed = time.perf_counter() - started
+            record = {"step": done, **{k: round(v, 7) for k, v in totals.items()}, "lr": scheduler.get_last_lr()[0]}
+            record["seconds"] = round(seconds_before + elapsed, 2)
+            with loss_log.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            if done % max(1, self.train_steps // 50) == 0 or done == self.train_steps:
+                eta = elapsed / (done - first) * (self.train_steps - done)
+                log.info(
+                    "qat %5d/%d  loss %.5f  denoise %.5f  kd %.6f  feature %.4f  lr %.2e  %s elapsed, eta %s",
+                    done, self.train_steps, totals["loss"], totals["denoise"], totals["kd"], totals["feature_kd"],
+                    record["lr"], _clock(seconds_before + elapsed), _clock(eta),
+                )  # fmt: skip
+            if done % self.checkpoint_every == 0 and done < self.train_steps:
+                self._save_checkpoint(checkpoint_path, done, student, optimizer, scheduler, ema, rng, seconds_before + elapsed)
+
+        if ema is not None:
+            with torch.no_grad():
+                for p, e in zip(params, ema):
+                    p.copy_(e)
+        if student_taps is not None:
+            student_taps.remove(student)
+        move_exported_model_to_eval(student)
+        for p in params:
+            p.requires_grad_(False)
+        self.summary = {
+            "train_seconds": round(seconds_before + time.perf_counter() - started, 1),
+            "data_seconds": round(data_seconds, 1),
+            "last_step": _last_record(loss_log),
+        }
+        return student
+
+    def _save_checkpoint(self, path, step, student, optimizer, scheduler, ema, rng, seconds) -> None:
+        staged = path.with_suffix(".tmp")
+        torch.save(
+            {
+                "step": step,
+                "student": student.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "ema": ema,
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "seconds": seconds,
+                "config": self.recipe()["training"],
+            },
+            staged,
+        )
+        staged.replace(path)
+
+    def _load_checkpoint(self, path, student, optimizer, scheduler, ema, rng) -> tuple[int, float]:
+        if not path.is_file():
+            raise ValueError(f"--resume: no checkpoint {path}; run without --resume to start anew")
+        state = torch.load(path, weights_only=False)
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state["ema"] is not None:
+            for e, saved in zip(ema, state["ema"]):
+                e.copy_(saved)
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        return state["step"], state["seconds"]
+
+
+def _last_record(loss_log: Path) -> dict | None:
+    """The last line of the loss log."""
+    lines = loss_log.read_text().splitlines() if loss_log.is_file() else []
+    return json.loads(lines[-1]) if lines else None
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
