@@ -52,12 +52,16 @@ class Settings(BaseSettings):
         "pipeline built in code (images are noise; for tests and smoke runs)",
     )
     precisions: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["fp32", "bf16", "int8"],
-        description="UNet variants each worker builds; int8 comes from the model's quantized/ artifacts and is "
-        "skipped with a warning where the model has none. Fewer variants load faster and use less memory "
-        "(comma-separated or a JSON list)",
+        default_factory=lambda: ["fp32", "bf16", "*"],
+        description="UNet variants each worker builds: fp32, bf16, and artifacts of the model's quantized/ folder "
+        "by name, '*' for all of them; a named artifact the model lacks is skipped with a warning. Fewer "
+        "variants load faster and use less memory (comma-separated or a JSON list)",
     )
-    default_precision: str = Field("bf16", description="precision schedule of requests that name none")
+    default_precision: str | None = Field(
+        None,
+        description="precision of requests that name none; unset: the model's own default schedule (its "
+        "mixdiff.json) where the workers offer its precisions, else bf16",
+    )
     compile: bool = Field(
         False,
         description="torch.compile the fp32/bf16 UNets: faster steps for minutes of compilation at worker "

@@ -26,7 +26,7 @@ async def create_job(body: GenerateRequest, request: Request) -> JSONResponse:
     """Queue a generation; 202 with the job, ``Location`` points at it."""
     state = request.app.state
     params, schedule = to_job(JobRequest.of(body, body.width, body.height), state.settings, state.pool.loaded_model())
-    job = state.pool.submit(endpoint(request), params, schedule)
+    job = state.pool.submit(endpoint(request), params, schedule, detached=True)
     return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 

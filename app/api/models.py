@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from app.api.auth import require_api_key
+from app.api.submit import default_precision
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["models"])
 
@@ -35,7 +36,7 @@ async def list_models(request: Request) -> dict:
                 "artifacts": info["artifacts"],
                 "unavailable": info["unavailable"],
                 "schedulers": model.schedulers,
-                "default_precision": state.settings.default_precision,
+                "default_precision": default_precision(state.settings, model),
                 "default_scheduler": state.settings.default_scheduler,
             }
         ],

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
+from pydantic import TypeAdapter
 
 from app.api.schemas import GenerateRequest, GenerationFields, ImageGenerationRequest
 from app.engine.jobs import Job
@@ -65,6 +66,16 @@ def _size(name: str, value: int | None, settings: Settings, model: LoadedModel) 
     return value
 
 
+def default_precision(settings: Settings, model: LoadedModel) -> PrecisionSpec:
+    """The schedule of a request that names none: the settings', else the model's own where the
+    workers offer every precision it names, else bf16."""
+    if settings.default_precision is not None:
+        return settings.default_precision
+    spec = TypeAdapter(PrecisionSpec).validate_python(model.info["defaults"]["precision"])
+    named = {spec} if isinstance(spec, str) else set(spec) if isinstance(spec, list) else {spec.high, spec.low}
+    return spec if named <= set(model.precisions) else "bf16"
+
+
 def to_job(job: JobRequest, settings: Settings, model: LoadedModel) -> tuple[GenerationParams, list[str]]:
     """Check ``job`` against settings and model; what a worker runs."""
     width, height = _size("width", job.width, settings, model), _size("height", job.height, settings, model)
@@ -82,7 +93,7 @@ def to_job(job: JobRequest, settings: Settings, model: LoadedModel) -> tuple[Gen
         raise InvalidRequest(
             f"unknown scheduler {scheduler!r}; available: {', '.join(model.schedulers)}", param="scheduler"
         )
-    spec = job.precision if job.precision is not None else settings.default_precision
+    spec = job.precision if job.precision is not None else default_precision(settings, model)
     schedule = resolve(spec, steps, model.precisions, model.info.get("unavailable"))
     params = GenerationParams(
         prompt=job.prompt,

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 from app.commands.arguments import at_least
@@ -25,7 +26,7 @@ _TIMESTEP_LAWS = ("uniform", "normal")  # quantization.methods.qat.TIMESTEP_LAWS
 
 
 def _shared_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="diffusers pipeline folder (default: %(default)s)")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="diffusers pipeline folder (default: the embedded model, models/mixdiff-shapes)")
     parser.add_argument("--out", default="int8", help="artifact name: the folder under <model>/quantized/ (default: %(default)s)")
     calibration = parser.add_argument_group("calibration (the FP32 model's own denoising runs)")
     calibration.add_argument(
@@ -107,7 +108,7 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of examples trained with the empty caption, the unconditional half of guidance (default: %(default)s)",
     )
     training = parser.add_argument_group("training")
-    training.add_argument("--train-steps", type=at_least(1), default=1000, help="optimizer steps (default: %(default)s)")
+    training.add_argument("--train-steps", type=at_least(1), default=400, help="optimizer steps (default: %(default)s)")
     training.add_argument(
         "--batch", type=at_least(2), default=8, help="examples per optimizer step, a multiple of 2 (default: %(default)s)"
     )
@@ -125,8 +126,9 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument(
         "--denoise-weight",
         type=float,
-        default=1.0,
-        help="weight of the ordinary denoising loss (ε or v, as the model predicts) (default: %(default)s)",
+        default=0.0,
+        help="weight of the ordinary denoising loss (ε or v, as the model predicts); it pulls the student towards "
+        "the data rather than the teacher, so the default leaves it out (docs/QUANTIZATION.md) (default: %(default)s)",
     )
     training.add_argument(
         "--feature-kd-weight",
@@ -143,7 +145,13 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
         dest="init_from_calibration",
         action="store_false",
         help="start the activation ranges from the first training batches (moving-average min/max, kept moving) "
-        "instead of PTQ's ranges on the calibration inputs, kept fixed",
+        "instead of PTQ's ranges on the calibration inputs (needs --fixed-ranges)",
+    )
+    training.add_argument(
+        "--fixed-ranges",
+        dest="learn_ranges",
+        action="store_false",
+        help="keep the activation ranges where they start instead of training them with the weights (LSQ)",
     )
     training.add_argument(
         "--work",
@@ -163,10 +171,14 @@ METHOD_ARGUMENTS = {"ptq": None, "qat": _qat_arguments}
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("quantize", help="make quantized UNet artifacts", description=__doc__)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = subparsers.add_parser("quantize", help="make quantized UNet artifacts", description=__doc__, formatter_class=raw)
     methods = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
+    about = __doc__.split("\n", 2)[2]  # what every method does
     for name, info in METHODS.items():
-        method = methods.add_parser(name, help=info.summary, description=f"{info.summary}.\n\n{__doc__}")
+        method = methods.add_parser(
+            name, help=info.summary, description=textwrap.fill(f"mixdiff quantize {name}: {info.summary}.", 88) + f"\n\n{about}", formatter_class=raw
+        )
         _shared_arguments(method)
         if METHOD_ARGUMENTS[name] is not None:
             METHOD_ARGUMENTS[name](method)
@@ -227,6 +239,7 @@ def _method(args, prompts: list[str]):
         feature_kd_weight=args.feature_kd_weight,
         ema=args.ema,
         init_from_calibration=args.init_from_calibration,
+        learn_ranges=args.learn_ranges,
         work=args.work or Path("runs") / "qat" / args.out,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,

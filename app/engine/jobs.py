@@ -40,6 +40,7 @@ class Job:
     params: GenerationParams
     schedule: list[str]
     deadline: float  # time.time()
+    detached: bool = False  # the client polls for the outcome instead of waiting for it in its request
     created: float = field(default_factory=time.time)
     status: JobStatus = JobStatus.queued
     worker: int | None = None
@@ -125,9 +126,11 @@ class JobStore:
         self._jobs: dict[str, Job] = {}
         self._numbers = itertools.count(1)
 
-    def create(self, endpoint: str, params: GenerationParams, schedule: list[str], deadline: float) -> Job:
+    def create(
+        self, endpoint: str, params: GenerationParams, schedule: list[str], deadline: float, *, detached: bool = False
+    ) -> Job:
         self.purge()
-        job = Job(uuid.uuid4().hex, next(self._numbers), endpoint, params, schedule, deadline)
+        job = Job(uuid.uuid4().hex, next(self._numbers), endpoint, params, schedule, deadline, detached)
         self._jobs[job.id] = job
         return job
 

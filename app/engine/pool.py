@@ -163,8 +163,9 @@ class WorkerPool:
             raise NotReady("the workers are still loading the model; see /health/ready")
         return self.model
 
-    def submit(self, endpoint: str, params: GenerationParams, schedule: list[str]) -> Job:
-        """Admit a validated request: to an idle worker, into the queue, or ``Overloaded``."""
+    def submit(self, endpoint: str, params: GenerationParams, schedule: list[str], *, detached: bool = False) -> Job:
+        """Admit a validated request: to an idle worker, into the queue, or ``Overloaded``; ``detached``:
+        the client polls for the outcome (a failure is then counted here, not by an error response)."""
         self.loaded_model()
         idle = any(w.state == "idle" for w in self.workers)
         if not idle and len(self._pending) >= self.settings.queue_size:
@@ -173,7 +174,9 @@ class WorkerPool:
                 f"(queue_size={self.settings.queue_size}); retry later",
                 retry_after=self._retry_after(),
             )
-        job = self.jobs.create(endpoint, params, schedule, deadline=time.time() + self.settings.request_timeout)
+        job = self.jobs.create(
+            endpoint, params, schedule, deadline=time.time() + self.settings.request_timeout, detached=detached
+        )
         self.metrics.requests.labels(endpoint).inc()
         self._pending.append(job)
         self._loop.call_later(self.settings.request_timeout, self._expire, job)
@@ -220,7 +223,7 @@ class WorkerPool:
             if handle is not None:
                 handle.cancel.value = job.number
             job.fail(error)
-            if job.endpoint == "jobs":  # other endpoints answer with the error: counted there
+            if job.detached:  # a waited-for job answers with the error: counted there
                 self.metrics.failures.labels(error.type).inc()
         else:
             job.complete(result)

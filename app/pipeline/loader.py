@@ -51,13 +51,16 @@ def load_diffusers_pipeline(model: str):
     return pipe, family, path
 
 
-def generation_defaults(path: Path | None) -> dict[str, int | float]:
-    """The steps and guidance scale of a request that names neither: the ``"defaults"`` of the
-    folder's ``mixdiff.json`` where it has one, mixdiff's own (30 steps, guidance 7.5) otherwise.
+def generation_defaults(path: Path | None) -> dict:
+    """The steps, guidance scale and precision schedule of a request that names none: the
+    ``"defaults"`` of the folder's ``mixdiff.json`` where it has one, mixdiff's own (30 steps,
+    guidance 7.5, bf16) otherwise.
 
-    A model whose images want another guidance (a small or distilled one) says so there.
+    A model whose images want another guidance (a small or distilled one) says so there, and
+    a model that ships INT8 artifacts may name the schedule its requests run by default
+    (``"precision": {"high": "bf16", "low": "int8", "first": 5, "last": 5}``).
     """
-    defaults: dict[str, int | float] = {"steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE_SCALE}
+    defaults: dict = {"steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE_SCALE, "precision": "bf16"}
     file = None if path is None else path / SETTINGS_FILE
     if file is None or not file.is_file():
         return defaults
@@ -72,4 +75,11 @@ def generation_defaults(path: Path | None) -> dict[str, int | float]:
         raise ModelLoadError(f"{file}: steps must be a whole number of at least 1, got {steps!r}")
     if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 0 <= guidance <= 50:
         raise ModelLoadError(f"{file}: guidance_scale must be a number from 0 to 50, got {guidance!r}")
-    return {"steps": steps, "guidance_scale": float(guidance)}
+    precision = given.get("precision", "bf16")
+    split = isinstance(precision, dict) and set(precision) == {"high", "low", "first", "last"}
+    if not (isinstance(precision, str) or split or (isinstance(precision, list) and all(isinstance(p, str) for p in precision))):
+        raise ModelLoadError(
+            f"{file}: precision must be a precision name, a list of them, or "
+            f'{{"high": ..., "low": ..., "first": ..., "last": ...}}, got {precision!r}'
+        )
+    return {"steps": steps, "guidance_scale": float(guidance), "precision": precision}

@@ -22,6 +22,8 @@ from kernels.group_norm import use_fused_group_norm
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: In a list of precisions: every artifact the model folder has.
+ALL_ARTIFACTS = "*"
 
 
 class EagerUNet:
@@ -91,6 +93,7 @@ def build_variants(
     keeping a copy beside it, so a worker holds one UNet's weights less
     (docs/notes/quantization-history.md, "Start-up and memory").
     """
+    names = expand(names, model_dir)
     built, unavailable = {}, {}
     artifacts_first = sorted(names, key=lambda name: name in _DTYPES)  # they check the FP32 weights
     for name in artifacts_first:
@@ -106,6 +109,20 @@ def build_variants(
     for name, reason in unavailable.items():
         log.warning("precision %s unavailable: %s", name, reason)
     return {name: built[name] for name in names if name in built}, unavailable
+
+
+def expand(names: list[str], model_dir: Path | None) -> list[str]:
+    """``names`` with ``*`` replaced by the names of the artifacts under ``<model_dir>/quantized/``
+    (sorted; none for a pipeline not from a folder), each name once."""
+    out: list[str] = []
+    for name in names:
+        if name == ALL_ARTIFACTS:
+            folder = model_dir / "quantized" if model_dir is not None else None
+            found = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder and folder.is_dir() else []
+            out += [n for n in found if n not in names and n not in out]
+        elif name not in out:
+            out.append(name)
+    return out
 
 
 def _artifact(pipe, name: str, model_dir: Path | None, variants: dict) -> str | None:

@@ -3,7 +3,8 @@
 The method of "Effective Quantization for Diffusion Models on CPUs": the FP32 UNet is
 the teacher; a copy of it, fake-quantized as the INT8 artifact will compute
 (``prepare_qat_pt2e`` with ``UNetQuantizer`` set for QAT: per-channel weights,
-per-tensor activations on moving-average ranges), is the student. Each step noises
+per-tensor activations), is the student. Its activation ranges start from PTQ's on the
+calibration inputs and, unless fixed, train with the weights (LSQ). Each step noises
 training latents at timesteps drawn as in the model's training, runs both UNets, and
 updates the student on
 
@@ -25,6 +26,7 @@ import copy
 import json
 import logging
 import math
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -245,6 +247,40 @@ def _start_from_ptq(student: torch.fx.GraphModule, graph, fallback: Sequence[str
     return n
 
 
+def _learnable_ranges(student: torch.fx.GraphModule) -> int:
+    """Make every activation fake quantizer's scale and zero point trainable (LSQ, with its
+    gradient scaling), starting from the range it holds. Returns how many there are."""
+    from torchao.quantization.pt2e.learnable_fake_quantize import LearnableFakeQuantize
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    n = 0
+    for name, fake in list(student.named_children()):
+        if not name.startswith("activation_post_process_") or fake.qscheme != torch.per_tensor_affine:
+            continue
+        learnable = LearnableFakeQuantize(
+            MinMaxObserver,
+            quant_min=fake.quant_min,
+            quant_max=fake.quant_max,
+            use_grad_scaling=True,
+            dtype=fake.dtype,
+            qscheme=fake.qscheme,
+        )
+        scale, zero_point = fake.calculate_qparams()
+        learnable._initialize_or_update_qparams(scale.detach().clone().reshape(1), zero_point.detach().clone().reshape(1))
+        learnable.enable_range_learning()
+        setattr(student, name, learnable)
+        n += 1
+    return n
+
+
+def trainable(student: torch.fx.GraphModule) -> list[torch.nn.Parameter]:
+    """The student's parameters that training updates (weights, biases, learned ranges), set to need gradients."""
+    params = [p for p in student.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
 def _lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` x the peak rate."""
     if step < warmup:
@@ -275,15 +311,16 @@ class QATConfig:
     data_size: int = 2048
     timesteps: str = "uniform"
     caption_dropout: float = 0.1
-    train_steps: int = 1000
+    train_steps: int = 400
     batch: int = 8
     lr: float = 1e-5
     warmup: int = 50
     kd_weight: float = 1.0
-    denoise_weight: float = 1.0
+    denoise_weight: float = 0.0
     feature_kd_weight: float = 0.0
     ema: float = 0.0
     init_from_calibration: bool = True
+    learn_ranges: bool = True
     work: Path = Path("runs/qat/int8")
     checkpoint_every: int = 100
     resume: bool = False
@@ -307,13 +344,17 @@ class QATConfig:
             raise ValueError("loss weights must not be negative")
         if self.kd_weight + self.denoise_weight + self.feature_kd_weight == 0:
             raise ValueError("at least one loss weight must be positive")
+        if self.learn_ranges and not self.init_from_calibration:
+            raise ValueError("learned activation ranges start from PTQ's: drop --no-init-from-calibration or add --fixed-ranges")
 
     def recipe(self) -> dict:
         options = {k: v for k, v in asdict(self).items() if k not in ("data", "summary", "_trained", "work", "resume")}
         return {
             **PTQ_RECIPE,
             "flow": "pt2e qat (torch.export -> prepare_qat_pt2e -> train against the fp32 teacher -> convert_pt2e)",
-            "activations": "uint8 per-tensor affine, static, moving-average ranges learned in training",
+            "activations": "uint8 per-tensor affine, static: "
+            + ("PTQ's ranges on the calibration inputs" if self.init_from_calibration else "moving-average ranges")
+            + (", then trained with the weights (LSQ)" if self.learn_ranges else ""),
             "training": {
                 **options,
                 "data": self.data.description,
@@ -338,16 +379,41 @@ class QATConfig:
         drop_tensor_metadata_asserts(converted)
         return converted
 
+    def make_student(self, graph: torch.fx.GraphModule, fallback: Sequence[str], calibration) -> torch.fx.GraphModule:
+        """``graph`` fake-quantized for training, everything but ``fallback``; its activation
+        ranges PTQ's on ``calibration`` (unless ``init_from_calibration`` is off), trainable
+        with ``learn_ranges``."""
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+        student = prepare_qat_pt2e(copy.deepcopy(graph), make_quantizer(fallback, is_qat=True))
+        if self.init_from_calibration and calibration:
+            ranges = _start_from_ptq(student, graph, fallback, calibration)
+            log.info("qat: %d activation ranges from PTQ calibration on %d inputs", ranges, len(calibration))
+        if self.learn_ranges:
+            log.info("qat: %d activation ranges learned (LSQ)", _learnable_ranges(student))
+        return student
+
+    def losses(self, student, teacher, args, target: torch.Tensor, taps=(None, None)) -> dict[str, torch.Tensor]:
+        """The loss terms of one batch of UNet arguments ``args`` and their denoising ``target``,
+        and ``loss``, their weighted sum; ``taps``: the student's and the teacher's ``_Taps``
+        for feature distillation."""
+        with torch.no_grad():
+            o_t = teacher(*args)
+        o_s = student(*args)
+        terms = {"denoise": F.mse_loss(o_s, target), "kd": F.mse_loss(o_s, o_t)}
+        loss = self.denoise_weight * terms["denoise"] + self.kd_weight * terms["kd"]
+        if taps[0] is not None:
+            terms["feature_kd"] = _feature_loss(taps[0].values, taps[1].values)
+            loss = loss + self.feature_kd_weight * terms["feature_kd"]
+        return {"loss": loss, **terms}
+
     def train(self, graph: torch.fx.GraphModule, fallback: Sequence[str], calibration, pipe) -> torch.fx.GraphModule:
         """The fake-quantized student of ``graph`` (FP32 teacher), trained; ``calibration`` (UNet
         inputs) starts its activation ranges unless ``init_from_calibration`` is off."""
         from diffusers import DDPMScheduler
-        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-        from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
         if pipe.unet.config.get("addition_embed_type"):
             raise ValueError("qat supports SD 1.x and 2.x UNets; this one takes added conditions (SDXL)")
-        torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         T = noise_scheduler.config.num_train_timesteps
@@ -360,33 +426,31 @@ class QATConfig:
         data_seconds = time.perf_counter() - start
         log.info("qat: %d training latents (%s) in %.0f s", len(latents), self.data.description, data_seconds)
 
-        # 2. the student, its activation ranges PTQ's
-        student = prepare_qat_pt2e(copy.deepcopy(graph), make_quantizer(fallback, is_qat=True))
-        if self.init_from_calibration and calibration:
-            ranges = _start_from_ptq(student, graph, fallback, calibration)
-            log.info("qat: %d activation ranges from PTQ calibration on %d inputs, frozen", ranges, len(calibration))
-        params = [p for p in student.parameters() if p.is_floating_point()]
-        for p in params:
-            p.requires_grad_(True)
+        # 2. the student
+        student = self.make_student(graph, fallback, calibration)
+        params = trainable(student)
         optimizer = torch.optim.AdamW(params, lr=self.lr, betas=(0.9, 0.999), weight_decay=0.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, self.warmup, self.train_steps))
         ema = [p.detach().clone() for p in params] if self.ema else None
 
         # 3. resume
+        generator = torch.Generator().manual_seed(self.seed)
+        state = _TrainingState(student, optimizer, scheduler, ema, rng, generator)
         self.work.mkdir(parents=True, exist_ok=True)
         checkpoint_path, loss_log = self.work / CHECKPOINT, self.work / LOSS_LOG
         first, seconds_before = 0, 0.0
         if self.resume:
-            first, seconds_before = self._load_checkpoint(checkpoint_path, student, optimizer, scheduler, ema, rng)
+            first, seconds_before = state.load(checkpoint_path)
+            _truncate_log(loss_log, first)  # steps logged after the checkpoint are run again
             log.info("qat: resumed at step %d from %s", first, checkpoint_path)
         elif loss_log.exists():
             loss_log.unlink()
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + first)
 
-        # 4. the loop
-        move_exported_model_to_train(student)
+        # 4. the loop. The student keeps the exported graph's inference semantics, as the teacher
+        # does: a UNet has no batch norm, and torchao's move_exported_model_to_train would turn
+        # every dropout of the graph, p = 0 included, into dropout with p = 0.5.
         teacher, teacher_taps, student_taps = graph, None, None
-        if self.feature_kd_weight:  # taps after the move to training: it drops nodes whose values go unused
+        if self.feature_kd_weight:
             nodes = [_last_node_of(graph, block) for block in _blocks(pipe.unet)]
             teacher = copy.deepcopy(graph)
             teacher_taps, student_taps = _Taps().add(teacher, nodes), _Taps().add(student, nodes)
@@ -404,17 +468,9 @@ class QATConfig:
                 t = _draw_timesteps(self.timesteps, BATCH, rng, T)
                 zt = noise_scheduler.add_noise(z0, noise, t)
                 target = noise if prediction == "epsilon" else noise_scheduler.get_velocity(z0, noise, t)
-                args = (zt, t.float(), text)
-                with torch.no_grad():
-                    o_t = teacher(*args)
-                o_s = student(*args)
-                terms = {"denoise": F.mse_loss(o_s, target), "kd": F.mse_loss(o_s, o_t)}
-                loss = self.denoise_weight * terms["denoise"] + self.kd_weight * terms["kd"]
-                if student_taps is not None:
-                    terms["feature_kd"] = _feature_loss(student_taps.values, teacher_taps.values)
-                    loss = loss + self.feature_kd_weight * terms["feature_kd"]
-                (loss / micro).backward()
-                for k, v in (("loss", loss), *terms.items()):
+                terms = self.losses(student, teacher, (zt, t.float(), text), target, (student_taps, teacher_taps))
+                (terms["loss"] / micro).backward()
+                for k, v in terms.items():
                     totals[k] += v.item() / micro
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -436,7 +492,7 @@ class QATConfig:
                     record["lr"], _clock(seconds_before + elapsed), _clock(eta),
                 )  # fmt: skip
             if done % self.checkpoint_every == 0 and done < self.train_steps:
-                self._save_checkpoint(checkpoint_path, done, student, optimizer, scheduler, ema, rng, seconds_before + elapsed)
+                state.save(checkpoint_path, done, seconds_before + elapsed, self.recipe()["training"])
 
         if ema is not None:
             with torch.no_grad():
@@ -444,47 +500,68 @@ class QATConfig:
                     p.copy_(e)
         if student_taps is not None:
             student_taps.remove(student)
-        move_exported_model_to_eval(student)
         for p in params:
             p.requires_grad_(False)
         self.summary = {
             "train_seconds": round(seconds_before + time.perf_counter() - started, 1),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "data_seconds": round(data_seconds, 1),
             "last_step": _last_record(loss_log),
         }
         return student
 
-    def _save_checkpoint(self, path, step, student, optimizer, scheduler, ema, rng, seconds) -> None:
+
+@dataclass
+class _TrainingState:
+    """Everything a training run carries from one step to the next, saved in a checkpoint."""
+
+    student: torch.fx.GraphModule
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: list[torch.Tensor] | None
+    rng: np.random.Generator  # batches, caption dropout, timesteps
+    generator: torch.Generator  # noise
+
+    def save(self, path: Path, step: int, seconds: float, config: dict) -> None:
+        """Write the state after ``step`` to ``path`` (whole or not at all)."""
         staged = path.with_suffix(".tmp")
         torch.save(
             {
                 "step": step,
-                "student": student.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "ema": ema,
-                "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
                 "seconds": seconds,
-                "config": self.recipe()["training"],
+                "config": config,
+                "student": self.student.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "ema": self.ema,
+                "rng": self.rng.bit_generator.state,
+                "generator": self.generator.get_state(),
             },
             staged,
         )
         staged.replace(path)
 
-    def _load_checkpoint(self, path, student, optimizer, scheduler, ema, rng) -> tuple[int, float]:
+    def load(self, path: Path) -> tuple[int, float]:
+        """Restore the state saved at ``path``; the step it was saved after and the seconds trained until then."""
         if not path.is_file():
             raise ValueError(f"--resume: no checkpoint {path}; run without --resume to start anew")
-        state = torch.load(path, weights_only=False)
-        student.load_state_dict(state["student"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and state["ema"] is not None:
-            for e, saved in zip(ema, state["ema"]):
-                e.copy_(saved)
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        return state["step"], state["seconds"]
+        saved = torch.load(path, weights_only=False)
+        self.student.load_state_dict(saved["student"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.ema is not None and saved["ema"] is not None:
+            for e, value in zip(self.ema, saved["ema"]):
+                e.copy_(value)
+        self.rng.bit_generator.state = saved["rng"]
+        self.generator.set_state(saved["generator"])
+        return saved["step"], saved["seconds"]
+
+
+def _truncate_log(loss_log: Path, step: int) -> None:
+    """Keep the loss log's lines up to ``step``."""
+    if loss_log.is_file():
+        lines = [line for line in loss_log.read_text().splitlines() if json.loads(line)["step"] <= step]
+        loss_log.write_text("".join(line + "\n" for line in lines))
 
 
 def _last_record(loss_log: Path) -> dict | None:

@@ -8,7 +8,9 @@ from app.engine.pool import LoadedModel
 from app.errors import InvalidRequest
 from app.settings import Settings
 
-MODEL = LoadedModel({"default_size": 64, "defaults": {"steps": 150, "guidance_scale": 5.0}}, ["bf16"], ["ddim"])
+MODEL = LoadedModel(
+    {"default_size": 64, "defaults": {"steps": 150, "guidance_scale": 5.0, "precision": "bf16"}}, ["bf16"], ["ddim"]
+)
 
 
 def job(**fields) -> JobRequest:
@@ -34,3 +36,15 @@ def test_an_unavailable_precision_says_why_the_model_lacks_it():
         "precision 'int8' is not available for this model; available: bf16 "
         "(int8: no artifact: run mixdiff quantize ptq)"
     )
+
+
+def test_a_request_without_precision_runs_the_models_default_schedule_where_it_is_offered():
+    split = {"high": "bf16", "low": "int8-qat", "first": 1, "last": 1}
+    info = {**MODEL.info, "defaults": {**MODEL.info["defaults"], "precision": split}}
+    settings = Settings(model="tiny-random")
+    offered = LoadedModel(info, ["bf16", "int8-qat"], ["ddim"])
+    assert to_job(job(prompt="a cat", steps=4), settings, offered)[1] == ["bf16", "int8-qat", "int8-qat", "bf16"]
+    lacking = LoadedModel(info, ["bf16"], ["ddim"])  # the workers were told not to load the artifact
+    assert to_job(job(prompt="a cat", steps=4), settings, lacking)[1] == ["bf16"] * 4
+    chosen = Settings(model="tiny-random", default_precision="int8-qat")  # the operator's choice wins
+    assert to_job(job(prompt="a cat", steps=2), chosen, offered)[1] == ["int8-qat"] * 2

@@ -13,7 +13,7 @@ from app.pipeline.loop import MixedPrecisionPipeline
 from app.pipeline.schedulers import SCHEDULERS, make_scheduler
 from app.pipeline.tiny import build_tiny_pipeline
 from app.pipeline.types import GenerationParams
-from app.pipeline.variants import build_variants
+from app.pipeline.variants import build_variants, expand
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -109,7 +109,7 @@ def test_pipeline_folder_loads_offline_and_int8_without_artifact_says_why(tmp_pa
     assert model.precisions == ["bf16"]
     assert model.schedulers == list(SCHEDULERS)
     assert model.info.path == str(tmp_path / "model") and model.info.default_size == 64
-    assert model.info.defaults == {"steps": 30, "guidance_scale": 7.5}  # no mixdiff.json: mixdiff's own
+    assert model.info.defaults == {"steps": 30, "guidance_scale": 7.5, "precision": "bf16"}  # mixdiff's own
     assert "mixdiff quantize ptq" in model.info.unavailable["int8"]
     assert "unknown precision 'fp16'" in model.info.unavailable["fp16"]
     assert len(model.generate(GenerationParams(prompt="a cat", steps=1), ["bf16"]).images) == 1
@@ -176,20 +176,32 @@ def test_bf16_vae_decodes_the_same_latents_to_nearly_the_same_image(tiny):
         MixedPrecisionPipeline.from_pipe(build_tiny_pipeline("sd"), "sd", ["fp32"], vae_precision="fp16")
 
 
-def test_a_model_folder_may_set_its_own_steps_and_guidance(tmp_path):
+def test_a_model_folder_may_set_its_own_steps_guidance_and_precision(tmp_path):
     file = tmp_path / SETTINGS_FILE
-    assert generation_defaults(tmp_path) == generation_defaults(None) == {"steps": 30, "guidance_scale": 7.5}
+    own = {"steps": 30, "guidance_scale": 7.5, "precision": "bf16"}
+    assert generation_defaults(tmp_path) == generation_defaults(None) == own
     file.write_text(json.dumps({"defaults": {"guidance_scale": 5}}))
-    assert generation_defaults(tmp_path) == {"steps": 30, "guidance_scale": 5.0}
-    file.write_text(json.dumps({"defaults": {"steps": 4, "guidance_scale": 0}}))
-    assert generation_defaults(tmp_path) == {"steps": 4, "guidance_scale": 0.0}
+    assert generation_defaults(tmp_path) == {**own, "guidance_scale": 5.0}
+    split = {"high": "bf16", "low": "int8", "first": 5, "last": 5}
+    file.write_text(json.dumps({"defaults": {"steps": 4, "guidance_scale": 0, "precision": split}}))
+    assert generation_defaults(tmp_path) == {"steps": 4, "guidance_scale": 0.0, "precision": split}
     for bad, message in [
         ("{", "must be JSON of the form"),
         (json.dumps({"guidance_scale": 5}), "must be JSON of the form"),
-        (json.dumps({"defaults": {"scheduler": "ddim"}}), "may set only steps, guidance_scale"),
+        (json.dumps({"defaults": {"scheduler": "ddim"}}), "may set only steps, guidance_scale, precision"),
+        (json.dumps({"defaults": {"precision": {"high": "bf16"}}}), "precision must be a precision name"),
         (json.dumps({"defaults": {"steps": 2.5}}), "steps must be a whole number"),
         (json.dumps({"defaults": {"guidance_scale": 60}}), "guidance_scale must be a number from 0 to 50"),
     ]:
         file.write_text(bad)
         with pytest.raises(ModelLoadError, match=message):
             generation_defaults(tmp_path)
+
+
+def test_a_star_among_the_precisions_stands_for_every_artifact_of_the_model(tmp_path):
+    for name in ("int8-qat", "int8"):
+        (tmp_path / "quantized" / name).mkdir(parents=True)
+    assert expand(["bf16", "*"], tmp_path) == ["bf16", "int8", "int8-qat"]
+    assert expand(["int8-qat", "*", "bf16"], tmp_path) == ["int8-qat", "int8", "bf16"]  # each once, in order
+    assert expand(["fp32", "*"], None) == ["fp32"]  # a pipeline built in code has no artifacts
+    assert expand(["*"], tmp_path / "elsewhere") == []

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from artifact_helpers import OPTIONS, PROMPTS
 
 from app.pipeline.tiny import build_tiny_pipeline
 from quantization import calibration
-from quantization.build import BuildOptions, build_artifact, split_holdout
+from quantization.build import build_artifact, split_holdout
 from quantization.methods.ptq import PTQConfig
-
-#: Calibration of the shared artifact: small, but every timestep of a short trajectory.
-OPTIONS = BuildOptions(sampler="trajectory", steps=4, holdout_every=4)
-PROMPTS = ["a red circle", "a small blue square on a white background"]
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +31,4 @@ def tiny_artifact(tiny_pipe, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-model") / "quantized" / "int8"
     manifest = build_artifact(PTQConfig(), tiny_pipe, PROMPTS, out, OPTIONS)
     return out, manifest
+

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
+from artifact_helpers import rel_mse, run_in_fresh_process
 from safetensors import safe_open
 from torch.export.pt2_archive._package import PT2ArchiveReader
 
@@ -35,25 +33,6 @@ from quantization.runtime import (
 
 pytestmark = pytest.mark.slow
 
-_LOAD_AND_RUN = textwrap.dedent(
-    """
-    import sys, torch
-    from pathlib import Path
-    from app.pipeline.tiny import build_tiny_pipeline
-    from quantization.runtime import load_variant
-    
-    folder, inputs, output = sys.argv[1:]
-    variant = load_variant(Path(folder), build_tiny_pipeline("sd", seed=0))
-    outs = [variant(*args) for args in torch.load(inputs)]
-    torch.save({"precision": variant.precision, "outputs": outs}, output)
-    """
-)
-
-
-def _rel_mse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((a - b) ** 2).sum() / (b**2).sum())
-
-
 def test_artifact_loads_in_fresh_process_and_matches_in_memory_model(
     tiny_pipe, tiny_artifact, calibration_split, tmp_path
 ):
@@ -68,19 +47,13 @@ def test_artifact_loads_in_fresh_process_and_matches_in_memory_model(
     # A 0-d timestep and a batch of 1 as the loop may pass them, besides the CFG batch of 2.
     calls = [(x.sample, x.timestep[0].long(), x.encoder_hidden_states) for x in held_out]
     calls.append((held_out[0].sample[:1], held_out[0].timestep[0], held_out[0].encoder_hidden_states[:1]))
-    torch.save(calls, tmp_path / "inputs.pt")
-    subprocess.run(
-        [sys.executable, "-c", _LOAD_AND_RUN, str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
-        check=True,
-        timeout=600,
-    )
-    result = torch.load(tmp_path / "out.pt")
+    result = run_in_fresh_process(folder, calls, tmp_path)
     assert result["precision"] == "int8"
     *outs, single = result["outputs"]
     for out, want, ref in zip(outs, expected, fp32):
         assert out.dtype == torch.float32 and out.shape == want.shape
-        assert _rel_mse(out, want) < 1e-2  # compiled INT8 kernels vs the eager reference
-        assert _rel_mse(out, ref) < 5e-2  # and still close to FP32
+        assert rel_mse(out, want) < 1e-2  # compiled INT8 kernels vs the eager reference
+        assert rel_mse(out, ref) < 5e-2  # and still close to FP32
     assert torch.allclose(single, outs[0][:1], atol=1e-3, rtol=1e-3)
 
     assert manifest["fidelity"]["held_out_inputs"] == len(held_out)

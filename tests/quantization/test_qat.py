@@ -1,0 +1,207 @@
+"""Quantization-aware training: it lowers the student's distance to the teacher, its artifact is
+an artifact like PTQ's, a run resumes where its checkpoint stopped, every data source gives
+latents of the model's shape, and bad input is refused with a message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from artifact_helpers import OPTIONS, PROMPTS, rel_mse, run_in_fresh_process
+from PIL import Image
+
+from app.cli import main
+from quantization.build import BuildContext, build_artifact
+from quantization.graph import export_unet
+from quantization.inputs import BATCH
+from quantization.methods import qat
+from quantization.package import run_bf16
+from shapes import dataset
+
+pytestmark = pytest.mark.slow
+
+
+def _random_images(n: int) -> tuple[np.ndarray, list[str]]:
+    """``n`` random 64x64 images (the tiny pipeline's size) with captions."""
+    rng = np.random.default_rng(n)
+    return rng.integers(0, 256, size=(n, 64, 64, 3), dtype=np.uint8), [f"a picture, number {i}" for i in range(n)]
+
+
+def _config(work, **overrides) -> qat.QATConfig:
+    settings = dict(
+        data=qat.Images(_random_images, "random images"),
+        data_size=2,
+        train_steps=12,
+        batch=BATCH,
+        lr=1e-3,
+        warmup=1,
+        kd_weight=1.0,
+        denoise_weight=0.0,
+        work=work,
+        checkpoint_every=100,
+        seed=0,
+    )
+    return qat.QATConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def graph(tiny_pipe, calibration_split):
+    return export_unet(tiny_pipe.unet, calibration_split[0][0])
+
+
+def _fixed_batch(pipe, config: qat.QATConfig):
+    """The config's training latents and captions noised at four fixed timesteps: UNet
+    arguments, and the noise the tiny pipeline's UNet predicts."""
+    latents, captions = config.data.latents(pipe, config.data_size)
+    t = torch.tensor([100, 300, 500, 700])
+    latents, states = latents.repeat(2, 1, 1, 1), qat._embed(pipe, captions).repeat(2, 1, 1)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    return (pipe.scheduler.add_noise(latents, noise, t), t.float(), states), noise
+
+
+def test_training_steps_bring_the_student_closer_to_the_teacher(tiny_pipe, calibration_split, graph, tmp_path):
+    """The distillation loss of a fixed batch falls as the student trains on it: the fake
+    quantizers pass gradients, the optimizer moves weights and ranges the right way."""
+    config = _config(tmp_path)
+    student = config.make_student(graph, [], calibration_split[0])
+    optimizer = torch.optim.AdamW(qat.trainable(student), lr=1e-5)
+    (args, target), kd = _fixed_batch(tiny_pipe, config), []
+    for _ in range(10):
+        chunks = [
+            config.losses(student, graph, tuple(a[i : i + BATCH] for a in args), target[i : i + BATCH])
+            for i in range(0, len(target), BATCH)
+        ]
+        optimizer.zero_grad()
+        sum(c["loss"] for c in chunks).backward()
+        optimizer.step()
+        kd.append(sum(float(c["kd"]) for c in chunks))
+    assert kd[-1] < 0.7 * kd[0], kd
+
+
+def test_the_training_loop_logs_every_step(tiny_pipe, calibration_split, graph, tmp_path):
+    _config(tmp_path, train_steps=3).train(graph, [], calibration_split[0], tiny_pipe)
+    log = [json.loads(line) for line in (tmp_path / qat.LOSS_LOG).read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert all(r["loss"] == r["kd"] > 0 and r["lr"] > 0 for r in log)  # kd alone: denoise_weight 0
+
+
+def test_a_qat_artifact_loads_in_a_fresh_process_and_computes_the_trained_student(
+    tiny_pipe, calibration_split, tmp_path
+):
+    calibration, held_out = calibration_split
+    config = _config(tmp_path / "work", train_steps=4, lr=1e-4)
+    out = tmp_path / "model" / "quantized" / "int8-qat"
+    manifest = build_artifact(config, tiny_pipe, PROMPTS, out, OPTIONS)
+    assert manifest["method"] == "qat-int8-static"
+    assert manifest["recipe"]["training"]["train_steps"] == 4
+    assert manifest["recipe"]["training"]["last_step"]["step"] == 4
+
+    # The student the build trained (kept by the config), converted again as the build converts it.
+    graph = export_unet(tiny_pipe.unet, calibration[0])
+    converted = config.quantize(graph, [], calibration, BuildContext(tiny_pipe, 1))
+    result = run_in_fresh_process(out, [x.args() for x in held_out], tmp_path)
+    assert result["precision"] == "int8-qat"  # the artifact's name
+    for got, item in zip(result["outputs"], held_out):
+        assert rel_mse(got, run_bf16(converted, item)) < 1e-2
+
+
+def test_resume_continues_where_the_checkpoint_stopped(tiny_pipe, calibration_split, graph, tmp_path):
+    calibration, _ = calibration_split
+    whole = _config(tmp_path, train_steps=4, checkpoint_every=2).train(graph, [], calibration, tiny_pipe)
+    whole_log = (tmp_path / qat.LOSS_LOG).read_text().splitlines()
+    # The run stopped after step 2's checkpoint (the log may have gone further); resume it.
+    resumed = _config(tmp_path, train_steps=4, checkpoint_every=2, resume=True).train(
+        graph, [], calibration, tiny_pipe
+    )
+    resumed_log = (tmp_path / qat.LOSS_LOG).read_text().splitlines()
+
+    def losses(lines):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert losses(resumed_log) == losses(whole_log)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_without_a_checkpoint_says_so(tiny_pipe, calibration_split, graph, tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):
+        _config(tmp_path, resume=True).train(graph, [], calibration_split[0], tiny_pipe)
+
+
+def _folder(tmp_path, n: int, size: int = 40):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images, captions = _random_images(n)
+    for i in range(n):
+        Image.fromarray(images[i]).resize((size, size)).save(folder / f"{i:03d}.png")
+        (folder / f"{i:03d}.txt").write_text(captions[i] + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("source", ["images", "folder", "generated", "shapes"])
+def test_every_data_source_gives_latents_of_the_models_shape(tiny_pipe, tmp_path, source):
+    data = {
+        "images": lambda: qat.Images(_random_images, "random images"),
+        "folder": lambda: qat.ImageFolder(_folder(tmp_path, 2)),  # 40 px, resized to the model's 64
+        "generated": lambda: qat.GeneratedLatents(["a red circle", "a blue square"], steps=2),
+        "shapes": lambda: qat.Images(lambda n: dataset.examples(n, dataset.QAT_SEED), "shapes"),
+    }[source]()
+    latents, captions = data.latents(tiny_pipe, 3)
+    unet = tiny_pipe.unet.config
+    assert latents.shape == (3, unet.in_channels, unet.sample_size, unet.sample_size)
+    assert latents.dtype == torch.float32 and torch.isfinite(latents).all()
+    assert len(captions) == 3 and all(captions)
+
+
+def test_images_of_the_wrong_size_are_refused(tiny_pipe):
+    wrong = qat.Images(lambda n: (np.zeros((n, 32, 32, 3), np.uint8), ["x"] * n), "small images")
+    with pytest.raises(ValueError, match="training images are 32x32 px; this model draws 64x64"):
+        wrong.latents(tiny_pipe, 2)
+
+
+@pytest.fixture
+def model(tmp_path):
+    """A folder that passes the command's first check; the errors below come before loading it."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    return folder
+
+
+def _quantize_qat(model, *flags) -> int:
+    return main(["quantize", "qat", "--model", str(model), "--out", "int8-qat", *flags])
+
+
+def test_bad_training_data_is_refused_with_a_message(model, tmp_path, capsys):
+    assert _quantize_qat(model, "--data", str(tmp_path / "missing")) == 2
+    assert "training data folder" in capsys.readouterr().err
+
+    folder = _folder(tmp_path, 2)
+    (folder / "001.txt").unlink()
+    assert _quantize_qat(model, "--data", str(folder)) == 2
+    err = capsys.readouterr().err
+    assert "image 001.png" in err and "has no caption file 001.txt" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch", "3"], "--batch must be a multiple of 2"),
+        (["--caption-dropout", "1.5"], "--caption-dropout must be within [0, 1]"),
+        (["--kd-weight", "0", "--denoise-weight", "0"], "at least one loss weight must be positive"),
+        (["--timestep-groups", "2"], "qat trains one set of activation ranges"),
+    ],
+)
+def test_bad_training_options_are_refused_with_a_message(model, flags, message, capsys):
+    assert _quantize_qat(model, *flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_unknown_choices_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["quantize", "qat", "--timesteps", "gauss"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'gauss'" in capsys.readouterr().err
