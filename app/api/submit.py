@@ -23,7 +23,7 @@ from pydantic import TypeAdapter
 from app.api.schemas import GenerateRequest, GenerationFields, ImageGenerationRequest
 from app.engine.jobs import Job
 from app.engine.pool import LoadedModel, WorkerPool
-from app.engine.schedule import PrecisionSpec, resolve
+from app.engine.schedule import PrecisionSpec, SplitSchedule, resolve
 from app.errors import Cancelled, InvalidRequest
 from app.pipeline.types import GenerationParams, GenerationResult
 from app.settings import Settings
@@ -66,14 +66,19 @@ def _size(name: str, value: int | None, settings: Settings, model: LoadedModel) 
     return value
 
 
-def default_precision(settings: Settings, model: LoadedModel) -> PrecisionSpec:
+def default_precision(settings: Settings, model: LoadedModel, steps: int | None = None) -> PrecisionSpec:
     """The schedule of a request that names none: the settings', else the model's own where the
-    workers offer every precision it names, else bf16."""
+    workers offer every precision it names, else bf16. A split schedule with no step left
+    between its ends for ``steps`` runs every step at its high precision."""
     if settings.default_precision is not None:
         return settings.default_precision
     spec = TypeAdapter(PrecisionSpec).validate_python(model.info["defaults"]["precision"])
     named = {spec} if isinstance(spec, str) else set(spec) if isinstance(spec, list) else {spec.high, spec.low}
-    return spec if named <= set(model.precisions) else "bf16"
+    if not named <= set(model.precisions):
+        return "bf16"
+    if isinstance(spec, SplitSchedule) and steps is not None and spec.first + spec.last >= steps:
+        return spec.high
+    return spec
 
 
 def to_job(job: JobRequest, settings: Settings, model: LoadedModel) -> tuple[GenerationParams, list[str]]:
@@ -93,7 +98,7 @@ def to_job(job: JobRequest, settings: Settings, model: LoadedModel) -> tuple[Gen
         raise InvalidRequest(
             f"unknown scheduler {scheduler!r}; available: {', '.join(model.schedulers)}", param="scheduler"
         )
-    spec = job.precision if job.precision is not None else default_precision(settings, model)
+    spec = job.precision if job.precision is not None else default_precision(settings, model, steps)
     schedule = resolve(spec, steps, model.precisions, model.info.get("unavailable"))
     params = GenerationParams(
         prompt=job.prompt,

@@ -131,6 +131,14 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
         "the data rather than the teacher, so the default leaves it out (docs/QUANTIZATION.md) (default: %(default)s)",
     )
     training.add_argument(
+        "--kd-guidance",
+        type=float,
+        default=0.0,
+        help="distill the classifier-free-guided output at this scale: each example runs as the sampler runs "
+        "it, with its empty caption, and the loss compares uncond + scale * (cond - uncond); 0 compares every "
+        "output alone (default: %(default)s)",
+    )
+    training.add_argument(
         "--feature-kd-weight",
         type=float,
         default=0.0,
@@ -230,6 +238,7 @@ def _method(args, prompts: list[str]):
         data_size=args.data_size,
         timesteps=args.timesteps,
         caption_dropout=args.caption_dropout,
+        guidance=args.kd_guidance,
         train_steps=args.train_steps,
         batch=args.batch,
         lr=args.lr,

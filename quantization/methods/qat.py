@@ -273,6 +273,11 @@ def _learnable_ranges(student: torch.fx.GraphModule) -> int:
     return n
 
 
+def _guided(pair: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance of a CFG pair of outputs (unconditional first)."""
+    return pair[:1] + scale * (pair[1:] - pair[:1])
+
+
 def trainable(student: torch.fx.GraphModule) -> list[torch.nn.Parameter]:
     """The student's parameters that training updates (weights, biases, learned ranges), set to need gradients."""
     params = [p for p in student.parameters() if p.is_floating_point()]
@@ -311,6 +316,7 @@ class QATConfig:
     data_size: int = 2048
     timesteps: str = "uniform"
     caption_dropout: float = 0.1
+    guidance: float = 0.0
     train_steps: int = 400
     batch: int = 8
     lr: float = 1e-5
@@ -338,6 +344,8 @@ class QATConfig:
             raise ValueError(f"--batch must be a multiple of {BATCH} (the UNet graph's batch), got {self.batch}")
         if not 0 <= self.caption_dropout <= 1:
             raise ValueError(f"--caption-dropout must be within [0, 1], got {self.caption_dropout}")
+        if self.guidance < 0:
+            raise ValueError(f"--kd-guidance must not be negative, got {self.guidance}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema must be within [0, 1), got {self.ema}")
         if min(self.kd_weight, self.denoise_weight, self.feature_kd_weight) < 0:
@@ -359,6 +367,7 @@ class QATConfig:
                 **options,
                 "data": self.data.description,
                 "loss": "denoise_weight * mse(student, target) + kd_weight * mse(student, fp32 teacher)"
+                + (f" on the CFG-guided output at scale {self.guidance}" if self.guidance else "")
                 + (" + feature_kd_weight * block-output mse" if self.feature_kd_weight else ""),
                 "optimizer": "AdamW (0.9, 0.999), no weight decay, gradients clipped to norm 1, warm-up then cosine",
                 **self.summary,
@@ -396,11 +405,16 @@ class QATConfig:
     def losses(self, student, teacher, args, target: torch.Tensor, taps=(None, None)) -> dict[str, torch.Tensor]:
         """The loss terms of one batch of UNet arguments ``args`` and their denoising ``target``,
         and ``loss``, their weighted sum; ``taps``: the student's and the teacher's ``_Taps``
-        for feature distillation."""
+        for feature distillation. With ``guidance``, ``args`` is one example's CFG pair
+        (empty caption first) and distillation compares the guided outputs."""
         with torch.no_grad():
             o_t = teacher(*args)
         o_s = student(*args)
-        terms = {"denoise": F.mse_loss(o_s, target), "kd": F.mse_loss(o_s, o_t)}
+        if self.guidance:  # the pair's guided output, as the sampler combines it
+            kd = F.mse_loss(_guided(o_s, self.guidance), _guided(o_t, self.guidance))
+        else:
+            kd = F.mse_loss(o_s, o_t)
+        terms = {"denoise": F.mse_loss(o_s, target), "kd": kd}
         loss = self.denoise_weight * terms["denoise"] + self.kd_weight * terms["kd"]
         if taps[0] is not None:
             terms["feature_kd"] = _feature_loss(taps[0].values, taps[1].values)
@@ -460,12 +474,18 @@ class QATConfig:
             optimizer.zero_grad(set_to_none=True)
             totals = {"loss": 0.0, "denoise": 0.0, "kd": 0.0, "feature_kd": 0.0}
             for _ in range(micro):
-                idx = torch.from_numpy(rng.integers(0, len(latents), size=BATCH))
-                dropped = torch.from_numpy(rng.random(BATCH) < self.caption_dropout)
-                text = torch.where(dropped[:, None, None], empty.expand(BATCH, -1, -1), states[idx])
+                if self.guidance:  # one example as the sampler runs it: its empty caption, then its own
+                    idx = torch.from_numpy(rng.integers(0, len(latents), size=1)).repeat(BATCH)
+                    text = torch.cat([empty, states[idx[:1]]])
+                    noise = torch.randn((1, *latents.shape[1:]), generator=generator).expand(BATCH, -1, -1, -1)
+                    t = _draw_timesteps(self.timesteps, 1, rng, T).repeat(BATCH)
+                else:
+                    idx = torch.from_numpy(rng.integers(0, len(latents), size=BATCH))
+                    dropped = torch.from_numpy(rng.random(BATCH) < self.caption_dropout)
+                    text = torch.where(dropped[:, None, None], empty.expand(BATCH, -1, -1), states[idx])
+                    noise = torch.randn((BATCH, *latents.shape[1:]), generator=generator)
+                    t = _draw_timesteps(self.timesteps, BATCH, rng, T)
                 z0 = latents[idx]
-                noise = torch.randn(z0.shape, generator=generator)
-                t = _draw_timesteps(self.timesteps, BATCH, rng, T)
                 zt = noise_scheduler.add_noise(z0, noise, t)
                 target = noise if prediction == "epsilon" else noise_scheduler.get_velocity(z0, noise, t)
                 terms = self.losses(student, teacher, (zt, t.float(), text), target, (student_taps, teacher_taps))

@@ -44,14 +44,16 @@ def test_int8_is_offered(server):
     # trained with zero terminal SNR: only schedulers that rescale their betas can sample it
     assert (model["prediction_type"], model["schedulers"]) == ("v_prediction", ["ddim", "euler", "euler_a", "dpmpp"])
     assert model["vae_precision"] == "bf16"  # the server's default
-    assert model["defaults"] == {"steps": 30, "guidance_scale": 5.0}  # the folder's mixdiff.json
+    split = {"high": "bf16", "low": "int8", "first": 5, "last": 5}
+    assert model["defaults"] == {"steps": 30, "guidance_scale": 5.0, "precision": split}  # the folder's mixdiff.json
+    assert model["default_precision"] == split
 
 
 def test_a_request_without_guidance_gets_the_models(server):
     body = {"prompt": "a red circle", "steps": 2, "seed": 1}
     r = httpx.post(server + "/generate", json=body, headers={"Accept": "application/json"}, timeout=120)
     assert r.status_code == 200, r.text
-    assert (r.json()["guidance_scale"], len(r.json()["schedule"])) == (5.0, 2)
+    assert (r.json()["guidance_scale"], r.json()["schedule"]) == (5.0, ["bf16", "bf16"])  # too short to split
     r = httpx.post(server + "/generate", json={**body, "guidance_scale": 7.5}, headers={"Accept": "application/json"},
                    timeout=120)
     assert r.json()["guidance_scale"] == 7.5

@@ -46,5 +46,7 @@ def test_a_request_without_precision_runs_the_models_default_schedule_where_it_i
     assert to_job(job(prompt="a cat", steps=4), settings, offered)[1] == ["bf16", "int8-qat", "int8-qat", "bf16"]
     lacking = LoadedModel(info, ["bf16"], ["ddim"])  # the workers were told not to load the artifact
     assert to_job(job(prompt="a cat", steps=4), settings, lacking)[1] == ["bf16"] * 4
+    short = to_job(job(prompt="a cat", steps=2), settings, offered)[1]
+    assert short == ["bf16", "bf16"]  # no step between the ends: the high precision throughout
     chosen = Settings(model="tiny-random", default_precision="int8-qat")  # the operator's choice wins
     assert to_job(job(prompt="a cat", steps=2), chosen, offered)[1] == ["int8-qat"] * 2

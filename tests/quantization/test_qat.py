@@ -87,6 +87,15 @@ def test_the_training_loop_logs_every_step(tiny_pipe, calibration_split, graph, 
     assert all(r["loss"] == r["kd"] > 0 and r["lr"] > 0 for r in log)  # kd alone: denoise_weight 0
 
 
+def test_guided_distillation_trains_on_cfg_pairs_and_compares_their_guided_outputs(
+    tiny_pipe, calibration_split, graph, tmp_path
+):
+    assert torch.equal(qat._guided(torch.tensor([[1.0], [3.0]]), 4.0), torch.tensor([[9.0]]))  # 1 + 4 (3 - 1)
+    _config(tmp_path, guidance=4.0, train_steps=2).train(graph, [], calibration_split[0], tiny_pipe)
+    log = [json.loads(line) for line in (tmp_path / qat.LOSS_LOG).read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(r["kd"] > 0 for r in log)
+
+
 def test_a_qat_artifact_loads_in_a_fresh_process_and_computes_the_trained_student(
     tiny_pipe, calibration_split, tmp_path
 ):
