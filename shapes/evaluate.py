@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from app.engine.schedule import PrecisionSpec, SplitSchedule, describe, resolve
+from app.engine.schedule import PrecisionSpec, SplitSchedule, describe, precisions_named, resolve
 from app.errors import InvalidRequest
 from app.settings import REPO_ROOT
 
@@ -59,10 +59,7 @@ def parse_schedules(text: str) -> list[tuple[str, PrecisionSpec]]:
 
 def precisions_of(specs: list[tuple[str, PrecisionSpec]]) -> list[str]:
     """Every UNet variant the schedules need."""
-    names: set[str] = set()
-    for _, spec in specs:
-        names |= {spec.high, spec.low} if isinstance(spec, SplitSchedule) else {spec}
-    return sorted(names)
+    return sorted(set().union(*(precisions_named(spec) for _, spec in specs)))
 
 
 @dataclass

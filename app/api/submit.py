@@ -23,7 +23,7 @@ from pydantic import TypeAdapter
 from app.api.schemas import GenerateRequest, GenerationFields, ImageGenerationRequest
 from app.engine.jobs import Job
 from app.engine.pool import LoadedModel, WorkerPool
-from app.engine.schedule import PrecisionSpec, SplitSchedule, resolve
+from app.engine.schedule import PrecisionSpec, SplitSchedule, precisions_named, resolve
 from app.errors import Cancelled, InvalidRequest
 from app.pipeline.types import GenerationParams, GenerationResult
 from app.settings import Settings
@@ -73,8 +73,7 @@ def default_precision(settings: Settings, model: LoadedModel, steps: int | None 
     if settings.default_precision is not None:
         return settings.default_precision
     spec = TypeAdapter(PrecisionSpec).validate_python(model.info["defaults"]["precision"])
-    named = {spec} if isinstance(spec, str) else set(spec) if isinstance(spec, list) else {spec.high, spec.low}
-    if not named <= set(model.precisions):
+    if not precisions_named(spec) <= set(model.precisions):
         return "bf16"
     if isinstance(spec, SplitSchedule) and steps is not None and spec.first + spec.last >= steps:
         return spec.high

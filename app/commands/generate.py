@@ -48,7 +48,7 @@ def _spec(text: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.engine.schedule import describe, resolve
+    from app.engine.schedule import describe, precisions_named, resolve
     from app.errors import MixdiffError
     from app.pipeline.loop import MixedPrecisionPipeline
     from app.pipeline.types import GenerationParams
@@ -62,10 +62,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) % 8:
             print(f"mixdiff generate: --{name} must be a multiple of 8, got {getattr(args, name)}", file=sys.stderr)
             return 2
-    wanted = [spec] if isinstance(spec, str) else list(spec) if isinstance(spec, list) else [spec.high, spec.low]
     try:
         pipeline = MixedPrecisionPipeline.load(
-            args.model, sorted(set(wanted)), compile=args.compile, vae_precision=args.vae_precision
+            args.model, sorted(precisions_named(spec)), compile=args.compile, vae_precision=args.vae_precision
         )
     except RuntimeError as exc:  # a missing or unsupported model folder
         print(f"mixdiff generate: {exc}", file=sys.stderr)

@@ -46,6 +46,15 @@ PrecisionSpec = Annotated[
 ]
 
 
+def precisions_named(spec: PrecisionSpec) -> set[str]:
+    """Every precision ``spec`` names."""
+    if isinstance(spec, str):
+        return {spec}
+    if isinstance(spec, SplitSchedule):
+        return {spec.high, spec.low}
+    return set(spec)
+
+
 def _invalid(message: str, named: Collection[str], unavailable: Mapping[str, str] | None) -> InvalidRequest:
     """``InvalidRequest`` on the schedule, with the reason of each ``named`` precision the model lacks."""
     why = [f"{name}: {reason}" for name, reason in (unavailable or {}).items() if name in named]

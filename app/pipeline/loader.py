@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from pydantic import TypeAdapter, ValidationError
 
+from app.engine.schedule import PrecisionSpec
 from app.pipeline.tiny import build_tiny_pipeline
 from app.pipeline.types import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from app.settings import TINY_MODEL, model_folder
@@ -76,10 +78,11 @@ def generation_defaults(path: Path | None) -> dict:
     if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 0 <= guidance <= 50:
         raise ModelLoadError(f"{file}: guidance_scale must be a number from 0 to 50, got {guidance!r}")
     precision = given.get("precision", "bf16")
-    split = isinstance(precision, dict) and set(precision) == {"high", "low", "first", "last"}
-    if not (isinstance(precision, str) or split or (isinstance(precision, list) and all(isinstance(p, str) for p in precision))):
+    try:
+        TypeAdapter(PrecisionSpec).validate_python(precision)
+    except ValidationError:
         raise ModelLoadError(
             f"{file}: precision must be a precision name, a list of them, or "
             f'{{"high": ..., "low": ..., "first": ..., "last": ...}}, got {precision!r}'
-        )
+        ) from None
     return {"steps": steps, "guidance_scale": float(guidance), "precision": precision}

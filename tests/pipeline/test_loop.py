@@ -190,6 +190,7 @@ def test_a_model_folder_may_set_its_own_steps_guidance_and_precision(tmp_path):
         (json.dumps({"guidance_scale": 5}), "must be JSON of the form"),
         (json.dumps({"defaults": {"scheduler": "ddim"}}), "may set only steps, guidance_scale, precision"),
         (json.dumps({"defaults": {"precision": {"high": "bf16"}}}), "precision must be a precision name"),
+        (json.dumps({"defaults": {"precision": {**split, "first": -1}}}), "precision must be a precision name"),
         (json.dumps({"defaults": {"steps": 2.5}}), "steps must be a whole number"),
         (json.dumps({"defaults": {"guidance_scale": 60}}), "guidance_scale must be a number from 0 to 50"),
     ]:
