@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install deploy-tools serve test bench clean
+.PHONY: install deploy-tools serve test contract bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -39,6 +39,12 @@ deploy-tools: $(TOOLS)/bin/promtool
 
 test: install deploy-tools
 	$(VENV)/bin/pytest
+
+# schemathesis, every check, against a real server on the tiny pipeline: the suite runs 5
+# examples per operation; this runs CONTRACT_EXAMPLES (minutes).
+CONTRACT_EXAMPLES ?= 200
+contract: install
+	MIXDIFF_CONTRACT_EXAMPLES=$(CONTRACT_EXAMPLES) $(VENV)/bin/pytest tests/api/test_api_contract.py -k schemathesis
 
 bench: install
 	$(VENV)/bin/mixdiff bench

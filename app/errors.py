@@ -32,6 +32,13 @@ class InvalidRequest(MixdiffError):
     type = "invalid_request"
 
 
+class Unsupported(MixdiffError):
+    """A well-formed request for something this server does not offer (image URLs, say)."""
+
+    status = 400
+    type = "unsupported"
+
+
 class Unauthorized(MixdiffError):
     status = 401
     type = "unauthorized"
@@ -42,9 +49,21 @@ class NotFound(MixdiffError):
     type = "not_found"
 
 
+class MethodNotAllowed(MixdiffError):
+    status = 405
+    type = "method_not_allowed"
+
+
 class PayloadTooLarge(MixdiffError):
     status = 413
     type = "payload_too_large"
+
+
+class UnsupportedMediaType(MixdiffError):
+    """A body that is not ``application/json``."""
+
+    status = 415
+    type = "unsupported_media_type"
 
 
 class Overloaded(MixdiffError):
@@ -93,9 +112,12 @@ _BY_TYPE = {
     cls.type: cls
     for cls in (
         InvalidRequest,
+        Unsupported,
         Unauthorized,
         NotFound,
+        MethodNotAllowed,
         PayloadTooLarge,
+        UnsupportedMediaType,
         Overloaded,
         NotReady,
         WorkerDied,

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     )
 
     # -- request bounds --------------------------------------------------------------------
+    any_size: bool = Field(
+        False,
+        description="serve any width/height (a multiple of 8 within min_size..max_size) even where the model "
+        "declares the sizes it was trained for (its mixdiff.json 'sizes'): other sizes give poor images and take "
+        "the square of the size in time",
+    )
     min_size: int = Field(64, ge=8, description="smallest width/height in pixels")
     max_size: int = Field(1024, ge=8, description="largest width/height in pixels; memory grows with its square")
     max_steps: int = Field(100, ge=1, description="most denoising steps a request may ask for")

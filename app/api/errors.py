@@ -1,8 +1,9 @@
 """Every error response, in one place and one shape: ``{"error": {message, type, param, code}}``.
 
 ``MixdiffError`` carries its own status and type; FastAPI's validation errors become
-``invalid_request`` with a message that names the field; unknown routes, wrong
-methods and unexpected exceptions get the same body (a 500 never shows a trace).
+``invalid_request`` with a message that names the field, and so does a body FastAPI
+cannot parse (invalid UTF-8, JSON nested too deep); unknown routes, wrong methods and
+unexpected exceptions get the same body (a 500 never shows a trace).
 Request-level failures are counted here by their type; failures of jobs that run
 detached from a response (``/v1/jobs``) are counted by the pool.
 """
@@ -15,12 +16,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 
-from app.errors import GenerationFailed, MixdiffError, Overloaded
+from app.errors import (
+    GenerationFailed,
+    InvalidRequest,
+    MethodNotAllowed,
+    MixdiffError,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+)
 
 log = logging.getLogger("mixdiff.api")
-
-_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def error_response(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
@@ -58,6 +66,8 @@ def _describe(errors: list[dict]) -> tuple[str, str | None]:
         return f"unknown field {field!r}; see the request schema at /docs", field
     if error["type"] == "missing":
         return f"field {field!r} is required", field
+    if error["type"] == "string_pattern_mismatch" and path and path[-1] == "prompt":
+        return f"{field} must contain something other than white space", field
     if error["type"] == "json_invalid":
         return f"the body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}", None
     got = error.get("input")
@@ -81,15 +91,35 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(422, body)
 
 
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
+def _from_http(request: Request, exc: HTTPException) -> MixdiffError:
+    """The mixdiff error of an HTTP error raised by Starlette or FastAPI."""
+    if exc.status_code == 404:
+        return NotFound(f"no route {request.url.path}")
+    if exc.status_code == 405:
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
     if exc.status_code == 413:
-        _count(request, type_)
-    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}.get(
-        exc.status_code, str(exc.detail)
-    )
-    body = {"error": {"message": message, "type": type_, "param": None, "code": None}}
-    return error_response(exc.status_code, body, getattr(exc, "headers", None))
+        return PayloadTooLarge(str(exc.detail))
+    # FastAPI's 400: a body json.loads raised on for another reason than its syntax
+    return InvalidRequest("the body cannot be parsed as JSON: it is not UTF-8, or it is nested too deeply")
+
+
+def _allowed(request: Request, exc: HTTPException) -> str:
+    """Every method the schema documents for this path (Starlette names only those of the
+    first route that matched it, and a path may have one route per method)."""
+    methods = {
+        method.upper()
+        for path, operations in request.app.openapi()["paths"].items()
+        if compile_path(path)[0].match(request.url.path)
+        for method in operations
+    }
+    return ", ".join(sorted(methods)) if methods else (exc.headers or {}).get("Allow", "")
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    error = _from_http(request, exc)
+    _count(request, error.type)
+    headers = {"Allow": _allowed(request, exc)} if isinstance(error, MethodNotAllowed) else None
+    return error_response(error.status, error.body(), headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.api.auth import require_api_key
+from app.api.contract import ADMISSION_ERRORS, errors
+from app.api.guard import GuardedRoute
 from app.api.schemas import GenerateRequest
 from app.api.submit import JobRequest, endpoint, to_job
 from app.api.views import job_view
 
-router = APIRouter(prefix="/v1/jobs", dependencies=[Depends(require_api_key)], tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=GuardedRoute, responses=errors(401))
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses=errors(*ADMISSION_ERRORS))
 async def create_job(body: GenerateRequest, request: Request) -> JSONResponse:
     """Queue a generation; 202 with the job, ``Location`` points at it."""
     state = request.app.state
@@ -30,13 +31,13 @@ async def create_job(body: GenerateRequest, request: Request) -> JSONResponse:
     return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", responses=errors(404))
 async def get_job(job_id: str, request: Request) -> dict:
     """The job's status; when completed, its images (base64 PNG), schedule and timings."""
     return job_view(request.app.state.jobs.get(job_id))
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", responses=errors(404))
 async def cancel_job(job_id: str, request: Request) -> dict:
     """Cancel a queued or running job (its worker is free within one step); a finished job is left as is."""
     state = request.app.state
@@ -46,7 +47,9 @@ async def cancel_job(job_id: str, request: Request) -> dict:
 
 
 @router.get(
-    "/{job_id}/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}}
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **errors(404)},
 )
 async def job_events(job_id: str, request: Request) -> StreamingResponse:
     """Server-sent events: ``step`` per denoising step, then ``completed`` or ``failed``."""

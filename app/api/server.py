@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import app as package
-from app.api import errors, generate, health, jobs, models, openai
+from app.api import contract, errors, generate, health, jobs, models, openai
 from app.api.submit import endpoints
 from app.engine.jobs import JobStore
 from app.engine.metrics import Metrics
@@ -90,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.pool = WorkerPool(settings, metrics, job_store)
     app.state.started = time.time()
     errors.install(app)
+    contract.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)

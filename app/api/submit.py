@@ -23,7 +23,7 @@ from pydantic import TypeAdapter
 from app.api.schemas import GenerateRequest, GenerationFields, ImageGenerationRequest
 from app.engine.jobs import Job
 from app.engine.pool import LoadedModel, WorkerPool
-from app.engine.schedule import PrecisionSpec, SplitSchedule, precisions_named, resolve
+from app.engine.schedule import PrecisionSpec, precisions_named, resolve
 from app.errors import Cancelled, InvalidRequest
 from app.pipeline.types import GenerationParams, GenerationResult
 from app.settings import Settings
@@ -54,9 +54,25 @@ class JobRequest:
         return cls(width=width, height=height, **{name: getattr(body, name) for name in common})
 
 
+def served_sizes(settings: Settings, model: LoadedModel) -> list[int] | None:
+    """The widths and heights a request may ask for: the model's declared sizes within the
+    configured bounds, or None for any multiple of 8 within them (no sizes declared, or ``any_size``)."""
+    sizes = model.info.get("sizes")
+    if sizes is None or settings.any_size:
+        return None
+    return [size for size in sizes if settings.min_size <= size <= settings.max_size]
+
+
 def _size(name: str, value: int | None, settings: Settings, model: LoadedModel) -> int:
     if value is None:  # the model's own size, brought within the configured bounds
         return min(max(int(model.info["default_size"]), settings.min_size), settings.max_size)
+    sizes = served_sizes(settings, model)
+    if sizes is not None and value not in sizes:
+        raise InvalidRequest(
+            f"{name} must be one of the sizes this model was trained for, {', '.join(map(str, sizes))} "
+            f"(other sizes draw poorly), got {value}",
+            param=name,
+        )
     if value % 8:
         raise InvalidRequest(f"{name} must be a multiple of 8, got {value}", param=name)
     if not settings.min_size <= value <= settings.max_size:
@@ -66,30 +82,44 @@ def _size(name: str, value: int | None, settings: Settings, model: LoadedModel) 
     return value
 
 
-def default_precision(settings: Settings, model: LoadedModel, steps: int | None = None) -> PrecisionSpec:
+def default_precision(settings: Settings, model: LoadedModel) -> PrecisionSpec:
     """The schedule of a request that names none: the settings', else the model's own where the
-    workers offer every precision it names, else bf16. A split schedule with no step left
-    between its ends for ``steps`` runs every step at its high precision."""
+    workers offer every precision it names, else bf16 (or, where bf16 is not loaded, the first
+    precision loaded)."""
     if settings.default_precision is not None:
         return settings.default_precision
     spec = TypeAdapter(PrecisionSpec).validate_python(model.info["defaults"]["precision"])
     if not precisions_named(spec) <= set(model.precisions):
-        return "bf16"
-    if isinstance(spec, SplitSchedule) and steps is not None and spec.first + spec.last >= steps:
-        return spec.high
+        return "bf16" if "bf16" in model.precisions else model.precisions[0]
     return spec
+
+
+def _steps(job: JobRequest, settings: Settings, model: LoadedModel) -> int:
+    """The request's step count: as asked, as many as its per-step precision list, or the model's own."""
+    if isinstance(job.precision, list):
+        if job.steps is not None:
+            raise InvalidRequest(
+                f"a per-step precision list sets the step count itself ({len(job.precision)}): leave out steps",
+                param="steps",
+            )
+        if len(job.precision) > settings.max_steps:
+            raise InvalidRequest(
+                f"precision lists {len(job.precision)} steps, more than max_steps={settings.max_steps}",
+                param="precision",
+            )
+        return len(job.precision)
+    if job.steps is None:  # the model's own, brought within the configured bound
+        return min(model.info["defaults"]["steps"], settings.max_steps)
+    if job.steps > settings.max_steps:
+        raise InvalidRequest(f"steps must be at most {settings.max_steps}, got {job.steps}", param="steps")
+    return job.steps
 
 
 def to_job(job: JobRequest, settings: Settings, model: LoadedModel) -> tuple[GenerationParams, list[str]]:
     """Check ``job`` against settings and model; what a worker runs."""
     width, height = _size("width", job.width, settings, model), _size("height", job.height, settings, model)
     defaults = model.info["defaults"]
-    if job.steps is None:  # the model's own, brought within the configured bound
-        steps = min(defaults["steps"], settings.max_steps)
-    elif job.steps > settings.max_steps:
-        raise InvalidRequest(f"steps must be at most {settings.max_steps}, got {job.steps}", param="steps")
-    else:
-        steps = job.steps
+    steps = _steps(job, settings, model)
     if job.n > settings.max_images:
         raise InvalidRequest(f"n must be at most {settings.max_images}, got {job.n}", param="n")
     scheduler = job.scheduler or settings.default_scheduler
@@ -97,7 +127,7 @@ def to_job(job: JobRequest, settings: Settings, model: LoadedModel) -> tuple[Gen
         raise InvalidRequest(
             f"unknown scheduler {scheduler!r}; available: {', '.join(model.schedulers)}", param="scheduler"
         )
-    spec = job.precision if job.precision is not None else default_precision(settings, model, steps)
+    spec = job.precision if job.precision is not None else default_precision(settings, model)
     schedule = resolve(spec, steps, model.precisions, model.info.get("unavailable"))
     params = GenerationParams(
         prompt=job.prompt,

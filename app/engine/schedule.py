@@ -9,7 +9,8 @@ Three input forms, one resolved form (a list with one precision name per step):
 
 ``resolve`` checks the schedule against the step count and the variants the loaded
 model offers, and raises ``InvalidRequest`` on ``precision`` naming what to change
-(and why the model lacks a precision it names, when it is told).
+(and why the model lacks a precision it names, when it is told). A split schedule whose
+ends cover every step (``first + last >= steps``) runs every step at ``high``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,26 @@ from collections.abc import Collection, Mapping
 from itertools import groupby
 from typing import Annotated, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from app.errors import InvalidRequest
 
 PARAM = "precision"
+
+
+def _number(value):
+    """JSON's integers, ``2.0`` among them as JSON Schema counts it; never ``true`` or ``"2"``."""
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+def whole_number(**bounds):
+    """The type of an integer of a request body within ``bounds`` (``ge``, ``le``): a number
+    with no fraction, not a bool or a string (the bounds go first, or pydantic cannot write
+    them into the JSON schema)."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_number)]
 
 
 class SplitSchedule(BaseModel):
@@ -32,12 +48,12 @@ class SplitSchedule(BaseModel):
 
     high: str = Field("bf16", description="precision of the first and last steps")
     low: str = Field("int8", description="precision of the steps between")
-    first: int = Field(ge=0, description="number of leading steps at `high`")
-    last: int = Field(ge=0, description="number of trailing steps at `high`")
+    first: whole_number(ge=0) = Field(description="number of leading steps at `high`")
+    last: whole_number(ge=0) = Field(description="number of trailing steps at `high`")
 
 
 PrecisionSpec = Annotated[
-    Union[str, SplitSchedule, list[str]],
+    Union[str, SplitSchedule, Annotated[list[str], Field(min_length=1)]],
     Field(
         description='a precision name ("bf16"), a split schedule '
         '({"high": "bf16", "low": "int8", "first": 5, "last": 5}), or one precision per step',
@@ -69,14 +85,9 @@ def resolve(
     if isinstance(spec, str):
         per_step = [spec] * steps
     elif isinstance(spec, SplitSchedule):
-        if spec.first + spec.last > steps:
-            raise _invalid(
-                f"precision schedule asks for {spec.first} first + {spec.last} last steps at "
-                f"{spec.high!r}, more than the {steps} steps of the request",
-                [spec.high],
-                unavailable,
-            )
-        per_step = [spec.high] * spec.first + [spec.low] * (steps - spec.first - spec.last) + [spec.high] * spec.last
+        low = max(steps - spec.first - spec.last, 0)  # ends that meet cover every step
+        first = min(spec.first, steps - low)
+        per_step = [spec.high] * first + [spec.low] * low + [spec.high] * (steps - first - low)
     else:
         if len(spec) != steps:
             raise InvalidRequest(
@@ -84,7 +95,7 @@ def resolve(
                 param=PARAM,
             )
         per_step = list(spec)
-    unknown = sorted(set(per_step) - set(available))
+    unknown = sorted(precisions_named(spec) - set(available))
     if unknown:
         raise _invalid(
             f"precision {', '.join(map(repr, unknown))} is not available for this model; "

@@ -18,7 +18,7 @@ from app.settings import TINY_MODEL, model_folder
 log = logging.getLogger(__name__)
 
 _FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
-#: A model folder's own mixdiff file: ``{"defaults": {"steps": 50, "guidance_scale": 5.0}}``.
+#: A model folder's own mixdiff file: ``{"defaults": {"steps": 50, "guidance_scale": 5.0}, "sizes": [512]}``.
 SETTINGS_FILE = "mixdiff.json"
 
 
@@ -53,6 +53,24 @@ def load_diffusers_pipeline(model: str):
     return pipe, family, path
 
 
+def _model_file(path: Path | None) -> dict:
+    """The folder's ``mixdiff.json`` (``{}`` where it has none): ``{"defaults": {...}, "sizes": [...]}``,
+    both optional."""
+    file = None if path is None else path / SETTINGS_FILE
+    if file is None or not file.is_file():
+        return {}
+    try:
+        given = json.loads(file.read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(given, dict) or set(given) - {"defaults", "sizes"}:
+        raise ModelLoadError(
+            f'{file} must be a JSON object with "defaults" and/or "sizes", such as '
+            '{"defaults": {"steps": 30, "guidance_scale": 7.5}, "sizes": [512]}'
+        )
+    return given
+
+
 def generation_defaults(path: Path | None) -> dict:
     """The steps, guidance scale and precision schedule of a request that names none: the
     ``"defaults"`` of the folder's ``mixdiff.json`` where it has one, mixdiff's own (30 steps,
@@ -63,13 +81,8 @@ def generation_defaults(path: Path | None) -> dict:
     (``"precision": {"high": "bf16", "low": "int8", "first": 5, "last": 5}``).
     """
     defaults: dict = {"steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE_SCALE, "precision": "bf16"}
-    file = None if path is None else path / SETTINGS_FILE
-    if file is None or not file.is_file():
-        return defaults
-    try:
-        given = json.loads(file.read_text())["defaults"]
-    except (ValueError, KeyError, TypeError):
-        raise ModelLoadError(f'{file} must be JSON of the form {{"defaults": {{"steps": 30, "guidance_scale": 7.5}}}}')
+    given = _model_file(path).get("defaults", {})
+    file = f"{path}/{SETTINGS_FILE}"
     if not isinstance(given, dict) or set(given) - set(defaults):
         raise ModelLoadError(f"{file}: defaults may set only {', '.join(defaults)}")
     steps, guidance = given.get("steps", DEFAULT_STEPS), given.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)
@@ -86,3 +99,23 @@ def generation_defaults(path: Path | None) -> dict:
             f'{{"high": ..., "low": ..., "first": ..., "last": ...}}, got {precision!r}'
         ) from None
     return {"steps": steps, "guidance_scale": float(guidance), "precision": precision}
+
+
+def model_sizes(path: Path | None, default_size: int) -> list[int] | None:
+    """The image sizes (pixels per side, for width and height alike) the model was trained
+    for, from the ``"sizes"`` of its ``mixdiff.json``; None where it declares none (any
+    multiple of 8 is then served). Its own size must be among them: requests that name no
+    size get it."""
+    sizes = _model_file(path).get("sizes")
+    if sizes is None:
+        return None
+    file = f"{path}/{SETTINGS_FILE}"
+    if (
+        not isinstance(sizes, list)
+        or not sizes
+        or any(isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8 for size in sizes)
+    ):
+        raise ModelLoadError(f"{file}: sizes must be a list of pixel sizes, multiples of 8, got {sizes!r}")
+    if default_size not in sizes:
+        raise ModelLoadError(f"{file}: sizes {sizes} must include the model's own size, {default_size}")
+    return sorted(set(sizes))

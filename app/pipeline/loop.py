@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from app.errors import InvalidRequest
-from app.pipeline.loader import generation_defaults, load_diffusers_pipeline
+from app.pipeline.loader import generation_defaults, load_diffusers_pipeline, model_sizes
 from app.pipeline.schedulers import available, make_scheduler
 from app.pipeline.types import GenerationParams, GenerationResult, StepCallback, StepRecord, UNetVariant
 from app.pipeline.variants import build_variants
@@ -40,6 +40,7 @@ class ModelInfo:
     family: str  # "sd" (1.x, 2.x) or "sdxl"
     path: str | None  # None for the tiny pipeline built in code
     default_size: int  # pixels per side the UNet was trained at
+    sizes: list[int] | None  # pixels per side the model serves (its mixdiff.json); None: any multiple of 8
     prediction_type: str  # "epsilon" or "v_prediction"
     max_prompt_tokens: int
     vae_precision: str  # "fp32" or "bf16"
@@ -91,6 +92,8 @@ class MixedPrecisionPipeline:
     ) -> MixedPrecisionPipeline:
         """Wrap a diffusers pipeline already in memory; ``path`` is where its int8 artifacts live."""
         defaults = generation_defaults(path)  # a bad mixdiff.json fails before minutes of compiling
+        default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        sizes = model_sizes(path, default_size)
         set_vae_precision(pipe.vae, vae_precision)
         variants, unavailable = build_variants(
             pipe, precisions, compile=compile, fused_attention=fused_attention, model_dir=path
@@ -99,7 +102,8 @@ class MixedPrecisionPipeline:
             name=path.name if path else "tiny-random",
             family=family,
             path=str(path) if path else None,
-            default_size=pipe.unet.config.sample_size * pipe.vae_scale_factor,
+            default_size=default_size,
+            sizes=sizes,
             prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
             max_prompt_tokens=pipe.tokenizer.model_max_length,
             vae_precision=vae_precision,

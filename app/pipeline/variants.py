@@ -85,7 +85,8 @@ def build_variants(
     pipe, names: list[str], *, compile: bool = False, fused_attention: bool = True, model_dir: Path | None = None
 ):
     """``(variants, unavailable)``: the variants built, in the order of ``names``, and for
-    each name that could not be, the reason (a missing or refused artifact, an unknown name).
+    each name that could not be, the reason (a missing or refused artifact, an unknown name);
+    an artifact of the model folder that ``names`` leave out is listed as unavailable too.
     ``fused_attention``: the BF16 UNet's (artifacts have theirs built in).
 
     When ``fp32`` is not among ``names``, nothing needs the pipeline's FP32 UNet once the
@@ -93,6 +94,7 @@ def build_variants(
     keeping a copy beside it, so a worker holds one UNet's weights less
     (docs/notes/quantization-history.md, "Start-up and memory").
     """
+    asked = ", ".join(names)
     names = expand(names, model_dir)
     built, unavailable = {}, {}
     artifacts_first = sorted(names, key=lambda name: name in _DTYPES)  # they check the FP32 weights
@@ -108,7 +110,15 @@ def build_variants(
                 unavailable[name] = reason
     for name, reason in unavailable.items():
         log.warning("precision %s unavailable: %s", name, reason)
+    for name in expand([ALL_ARTIFACTS], model_dir):
+        if name not in names:
+            unavailable[name] = f"not loaded: the precisions to load are {asked}; add {name!r}, or '*' for all"
     return {name: built[name] for name in names if name in built}, unavailable
+
+
+def offered(model_dir: Path | None) -> list[str]:
+    """Every precision a model can offer: fp32, bf16 and the artifacts of its folder."""
+    return [*_DTYPES, *expand([ALL_ARTIFACTS], model_dir)]
 
 
 def expand(names: list[str], model_dir: Path | None) -> list[str]:

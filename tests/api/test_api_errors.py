@@ -25,9 +25,17 @@ def error(response, status: int) -> dict:
         ({"n": 5}, "n", "at most 4"),
         ({"colour": "red"}, "colour", "unknown field 'colour'"),
         ({"precision": "int4"}, "precision", "available: bf16, fp32"),
-        ({"precision": {"high": "fp32", "low": "bf16", "first": 2, "last": 1}}, "precision", "more than the 2 steps"),
+        ({"precision": {"high": "fp32", "low": "int8", "first": 2, "last": 1}}, "precision", "'int8' is not"),
         ({"precision": {"high": "fp32", "lo": "bf16", "first": 1, "last": 1}}, "precision.lo", "unknown field"),
-        ({"precision": ["fp32"]}, "precision", "lists 1 steps"),
+        ({"precision": ["fp32"]}, "steps", "sets the step count itself (1): leave out steps"),
+        ({"steps": None, "precision": ["fp32"] * 101}, "precision", "lists 101 steps, more than max_steps=100"),
+        ({"seed": False}, "seed", "valid integer, got False"),
+        ({"steps": "10"}, "steps", "valid integer, got '10'"),
+        ({"n": 2.5}, "n", "valid integer"),
+        ({"n": True}, "n", "valid integer, got True"),
+        ({"guidance_scale": "5"}, "guidance_scale", "valid number, got '5'"),
+        ({"prompt": " \t\n"}, "prompt", "prompt must contain something other than white space"),
+        ({"prompt": "x" * 2001}, "prompt", "at most 2000 characters"),
         ({"precision": 5}, "precision", "split schedule"),
         ({"scheduler": "heun"}, "scheduler", "available: ddim"),
         ({"prompt": ""}, "prompt", "prompt"),
@@ -76,7 +84,38 @@ def test_probes_need_no_key(client, path):
 
 def test_unknown_route_and_method(client):
     assert error(client.get("/nowhere"), 404)["type"] == "not_found"
-    assert error(client.get("/generate"), 405)["type"] == "method_not_allowed"
+    wrong = client.get("/generate")
+    assert error(wrong, 405)["type"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "POST"
+    assert error(client.delete("/health/ready"), 405) and client.delete("/health/ready").headers["allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize(
+    "headers, content",
+    [
+        ({"Content-Type": "text/plain"}, b'{"prompt": "x"}'),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"prompt=x"),
+        ({}, b'{"prompt": "x"}'),
+    ],
+)
+@pytest.mark.parametrize("path", ["/generate", "/v1/jobs", "/v1/images/generations"])
+def test_a_body_that_is_not_sent_as_json_is_refused_with_415(client, path, headers, content):
+    err = error(client.post(path, content=content, headers=headers), 415)
+    assert err["type"] == "unsupported_media_type"
+    assert "Content-Type: application/json" in err["message"]
+    assert "prompt" not in err["message"]  # the body is not echoed
+
+
+def test_the_api_key_is_checked_before_the_body(client):
+    err = error(client.post("/generate", content=b"{not json", headers={"Authorization": ""}), 401)
+    assert err["type"] == "unauthorized"
+
+
+@pytest.mark.parametrize("content", [b'{"prompt": "\xff"}', b"[" * 20000 + b"]" * 20000])
+def test_bodies_json_cannot_parse_get_the_common_error(client, content):
+    err = error(client.post("/generate", content=content, headers={"Content-Type": "application/json"}), 422)
+    assert err["type"] == "invalid_request"
+    assert "cannot be parsed" in err["message"] or "not valid JSON" in err["message"]
 
 
 def test_failures_are_counted_by_reason(client):

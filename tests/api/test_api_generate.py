@@ -60,11 +60,22 @@ def test_several_images_in_json(idle_worker):
     assert len(r.json()["images"]) == 2
 
 
-def test_several_images_as_png_are_refused(idle_worker):
-    r = idle_worker.post("/generate", json=body(steps=1, n=2))
+def test_several_images_come_as_json_unless_png_alone_is_asked_for(idle_worker):
+    r = idle_worker.post("/generate", json=body(steps=1, n=2), headers={"Accept": "*/*"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert len(r.json()["images"]) == 2
+    r = idle_worker.post("/generate", json=body(steps=1, n=2), headers={"Accept": "image/png"})
     assert r.status_code == 422
     assert r.json()["error"]["param"] == "n"
-    assert "Accept: application/json" in r.json()["error"]["message"]
+    assert "accept application/json" in r.json()["error"]["message"]
+
+
+def test_a_per_step_list_sets_the_step_count(idle_worker):
+    fields = body(precision=["bf16", "fp32", "bf16"])
+    del fields["steps"]
+    r = idle_worker.post("/generate", json=fields, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert [step["precision"] for step in r.json()["steps"]] == ["bf16", "fp32", "bf16"]
 
 
 def test_long_prompt_is_truncated_with_a_warning(idle_worker):

@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 
@@ -22,6 +23,29 @@ def test_models_lists_the_loaded_model(client):
     assert model["precisions"] == ["fp32", "bf16"]
     assert model["parameters"]["unet"] > 0
     assert "ddim" in model["schedulers"]
+
+
+def test_a_model_is_retrieved_by_its_id(client):
+    model = client.get("/v1/models/tiny-random")
+    assert model.status_code == 200
+    assert model.json() == client.get("/v1/models").json()["data"][0]
+    assert model.json()["sizes"] is None  # the tiny pipeline declares none: any multiple of 8
+    missing = client.get("/v1/models/sd-turbo")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
+    assert "tiny-random" in missing.json()["error"]["message"]
+
+
+def test_openai_quality_and_style_are_accepted(idle_worker):
+    fields = {"prompt": "x", "steps": 1, "quality": "hd", "style": "natural", "user": "u1"}
+    assert idle_worker.post("/v1/images/generations", json=fields).status_code == 200
+    bad = idle_worker.post("/v1/images/generations", json={**fields, "style": "gothic"})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "style"
+
+
+@pytest.mark.parametrize("path", ["/health/live", "/health/ready"])
+def test_health_answers_head(client, path):
+    r = client.head(path)
+    assert r.status_code == 200 and r.content == b""
 
 
 def test_health(client):
@@ -50,7 +74,8 @@ def test_openai_images_route(idle_worker):
 
 def test_openai_route_errors(client):
     url = client.post("/v1/images/generations", json={"prompt": "x", "response_format": "url"})
-    assert url.status_code == 422 and url.json()["error"]["param"] == "response_format"
+    assert url.status_code == 400 and url.json()["error"]["param"] == "response_format"
+    assert url.json()["error"]["type"] == "unsupported"
     size = client.post("/v1/images/generations", json={"prompt": "x", "size": "big"})
     assert size.status_code == 422 and "WIDTHxHEIGHT" in size.json()["error"]["message"]
 

@@ -49,6 +49,17 @@ def test_int8_is_offered(server):
     assert model["default_precision"] == split
 
 
+def test_the_model_serves_the_size_it_was_trained_for(server):
+    (model,) = httpx.get(server + "/v1/models").json()["data"]
+    assert model["sizes"] == [64]  # its mixdiff.json
+    r = httpx.post(server + "/generate", json={"prompt": "a red circle", "steps": 2, "width": 256})
+    assert r.status_code == 422
+    assert r.json()["error"]["param"] == "width"
+    assert "one of the sizes this model was trained for, 64 " in r.json()["error"]["message"]
+    schema = httpx.get(server + "/openapi.json").json()["components"]["schemas"]["GenerateRequest"]
+    assert schema["properties"]["width"]["anyOf"][0]["enum"] == [64]
+
+
 def test_a_request_without_guidance_gets_the_models(server):
     body = {"prompt": "a red circle", "steps": 2, "seed": 1}
     r = httpx.post(server + "/generate", json=body, headers={"Accept": "application/json"}, timeout=120)

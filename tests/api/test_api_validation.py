@@ -50,3 +50,21 @@ def test_a_request_without_precision_runs_the_models_default_schedule_where_it_i
     assert short == ["bf16", "bf16"]  # no step between the ends: the high precision throughout
     chosen = Settings(model="tiny-random", default_precision="int8-qat")  # the operator's choice wins
     assert to_job(job(prompt="a cat", steps=2), chosen, offered)[1] == ["int8-qat"] * 2
+
+
+def test_without_bf16_loaded_a_request_without_precision_runs_the_first_precision_loaded():
+    info = {**MODEL.info, "defaults": {**MODEL.info["defaults"], "precision": "int8"}}
+    model = LoadedModel(info, ["fp32"], ["ddim"])
+    assert to_job(job(prompt="a cat", steps=2), Settings(model="tiny-random"), model)[1] == ["fp32", "fp32"]
+
+
+def test_a_model_that_declares_its_sizes_serves_only_those_unless_any_size_is_set():
+    sized = LoadedModel({**MODEL.info, "sizes": [64, 128]}, MODEL.precisions, MODEL.schedulers)
+    settings = Settings(model="tiny-random")
+    with pytest.raises(InvalidRequest, match="one of the sizes this model was trained for, 64, 128") as err:
+        to_job(job(prompt="x", width=256), settings, sized)
+    assert err.value.param == "width"
+    params, _ = to_job(job(prompt="x", width=128, height=64), settings, sized)
+    assert (params.width, params.height) == (128, 64)
+    assert to_job(job(prompt="x", width=256), Settings(model="tiny-random", any_size=True), sized)[0].width == 256
+    assert to_job(job(prompt="x", height=256), settings, MODEL)[0].height == 256  # no sizes declared: any

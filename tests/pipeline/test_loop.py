@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler
 from PIL import Image
 
 from app.errors import InvalidRequest
-from app.pipeline.loader import SETTINGS_FILE, ModelLoadError, generation_defaults
+from app.pipeline.loader import SETTINGS_FILE, ModelLoadError, generation_defaults, model_sizes
 from app.pipeline.loop import MixedPrecisionPipeline
 from app.pipeline.schedulers import SCHEDULERS, make_scheduler
 from app.pipeline.tiny import build_tiny_pipeline
@@ -115,6 +115,16 @@ def test_pipeline_folder_loads_offline_and_int8_without_artifact_says_why(tmp_pa
     assert len(model.generate(GenerationParams(prompt="a cat", steps=1), ["bf16"]).images) == 1
 
 
+def test_an_artifact_left_out_of_the_precisions_is_listed_as_unavailable(tmp_path):
+    pipe = build_tiny_pipeline("sd")
+    (tmp_path / "quantized" / "int8-qat").mkdir(parents=True)
+    variants, unavailable = build_variants(pipe, ["fp32"], model_dir=tmp_path)
+    assert list(variants) == ["fp32"]
+    assert unavailable == {
+        "int8-qat": "not loaded: the precisions to load are fp32; add 'int8-qat', or '*' for all"
+    }
+
+
 def test_folders_that_are_not_sd_pipelines_are_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="no model_index.json"):
         MixedPrecisionPipeline.load(str(tmp_path), ["bf16"])
@@ -186,8 +196,8 @@ def test_a_model_folder_may_set_its_own_steps_guidance_and_precision(tmp_path):
     file.write_text(json.dumps({"defaults": {"steps": 4, "guidance_scale": 0, "precision": split}}))
     assert generation_defaults(tmp_path) == {"steps": 4, "guidance_scale": 0.0, "precision": split}
     for bad, message in [
-        ("{", "must be JSON of the form"),
-        (json.dumps({"guidance_scale": 5}), "must be JSON of the form"),
+        ("{", "is not valid JSON"),
+        (json.dumps({"guidance_scale": 5}), 'must be a JSON object with "defaults" and/or "sizes"'),
         (json.dumps({"defaults": {"scheduler": "ddim"}}), "may set only steps, guidance_scale, precision"),
         (json.dumps({"defaults": {"precision": {"high": "bf16"}}}), "precision must be a precision name"),
         (json.dumps({"defaults": {"precision": {**split, "first": -1}}}), "precision must be a precision name"),
@@ -197,6 +207,26 @@ def test_a_model_folder_may_set_its_own_steps_guidance_and_precision(tmp_path):
         file.write_text(bad)
         with pytest.raises(ModelLoadError, match=message):
             generation_defaults(tmp_path)
+
+
+def test_a_model_folder_may_declare_the_sizes_it_serves(tmp_path):
+    file = tmp_path / SETTINGS_FILE
+    assert model_sizes(tmp_path, 64) is None  # no file: any size
+    file.write_text(json.dumps({"defaults": {"steps": 4}}))
+    assert model_sizes(tmp_path, 64) is None
+    file.write_text(json.dumps({"sizes": [128, 64, 64]}))
+    assert model_sizes(tmp_path, 64) == [64, 128]
+    assert generation_defaults(tmp_path)["steps"] == 30
+    for bad, message in [
+        ([], "sizes must be a list of pixel sizes"),
+        ([64, 60], "sizes must be a list of pixel sizes"),
+        ([True], "sizes must be a list of pixel sizes"),
+        ("64", "sizes must be a list of pixel sizes"),
+        ([128], "must include the model's own size, 64"),
+    ]:
+        file.write_text(json.dumps({"sizes": bad}))
+        with pytest.raises(ModelLoadError, match=message):
+            model_sizes(tmp_path, 64)
 
 
 def test_a_star_among_the_precisions_stands_for_every_artifact_of_the_model(tmp_path):
