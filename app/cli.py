@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from app import __version__
+
 COMMANDS = [
     "app.commands.serve",
     "app.commands.generate",
@@ -21,6 +23,7 @@ COMMANDS = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixdiff", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mixdiff {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).register(subparsers)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.commands.arguments import HelpFormatter
 from common import malloc
 
 # bench.unet_step.VARIANTS
@@ -24,7 +25,9 @@ _VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", 
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="time one UNet step at each precision", description=__doc__)
+    parser = subparsers.add_parser(
+        "bench", help="time one UNet step at each precision", description=__doc__, formatter_class=HelpFormatter
+    )
     parser.add_argument(
         "--unet",
         choices=("sd15", "tiny"),

@@ -14,20 +14,27 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.commands.arguments import at_least
+from app.commands.arguments import HelpFormatter, at_least
 from app.settings import DEFAULT_MODEL, REPO_ROOT
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "eval", help="prompt accuracy, Fréchet distance, PSNR/SSIM of precision schedules", description=__doc__
+        "eval",
+        help="prompt accuracy, Fréchet distance, PSNR/SSIM of precision schedules",
+        description=__doc__,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="diffusers folder of the shapes model")
     parser.add_argument("--schedules", default="fp32,bf16", help="comma-separated, e.g. fp32,bf16,bf16/int8:5:5")
     parser.add_argument("--n", type=at_least(2), default=100, help="prompts (one image each, per schedule)")
-    parser.add_argument("--steps", type=at_least(1), default=50)
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
-    parser.add_argument("--scheduler", default="ddim")
+    parser.add_argument(
+        "--steps", type=at_least(1), default=None, help="default: the model's (its mixdiff.json, else 30)"
+    )
+    parser.add_argument(
+        "--guidance-scale", type=float, default=None, help="default: the model's (its mixdiff.json, else 7.5)"
+    )
+    parser.add_argument("--scheduler", default="ddim", help="the sampler of every schedule")
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--prompt-seed", type=int, default=1000, help="data-set seed the prompts are drawn from")
     parser.add_argument(
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
 
+    defaults = pipeline.info.defaults
+
     def progress(label: str, i: int) -> None:
         if (i + 1) % 10 == 0 or i + 1 == args.n:
             print(f"{label}: {i + 1}/{args.n} images", file=sys.stderr, flush=True)
@@ -81,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
             pipeline,
             specs,
             n=args.n,
-            steps=args.steps,
-            guidance_scale=args.guidance_scale,
+            steps=defaults["steps"] if args.steps is None else args.steps,
+            guidance_scale=defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale,
             scheduler=args.scheduler,
             seed=args.seed,
             prompt_seed=args.prompt_seed,

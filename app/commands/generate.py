@@ -7,12 +7,14 @@ import argparse
 import json
 import sys
 
-from app.commands.arguments import at_least
-from app.settings import DEFAULT_MODEL
+from app.commands.arguments import HelpFormatter, at_least
+from app.settings import DEFAULT_MODEL, model_folder
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("generate", help="generate one image to a file, no server", description=__doc__)
+    parser = subparsers.add_parser(
+        "generate", help="generate one image to a file, no server", description=__doc__, formatter_class=HelpFormatter
+    )
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--out", required=True, help="PNG file to write")
@@ -29,8 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--height", type=int, default=None, help="pixels; default: the model's size")
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the model's (7.5 unless its "
                         "folder's mixdiff.json says otherwise)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scheduler", default="ddim")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same image")
+    parser.add_argument("--scheduler", default="ddim", help="the sampler, one the model lists")
     parser.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the UNets"
     )
@@ -52,11 +54,25 @@ def run(args: argparse.Namespace) -> int:
     from app.errors import MixdiffError
     from app.pipeline.loop import MixedPrecisionPipeline
     from app.pipeline.types import GenerationParams
+    from app.pipeline.variants import offered
 
     try:
         spec = _spec(args.precision)
     except ValueError as exc:
         print(f"mixdiff generate: --precision: {exc}", file=sys.stderr)
+        return 2
+    try:
+        folder = model_folder(args.model)
+    except ValueError as exc:
+        print(f"mixdiff generate: {exc}", file=sys.stderr)
+        return 2
+    missing = sorted(precisions_named(spec) - set(offered(folder)))
+    if missing:
+        print(
+            f"mixdiff generate: precision {', '.join(map(repr, missing))} is not available for this model; "
+            f"available: {', '.join(offered(folder))}",
+            file=sys.stderr,
+        )
         return 2
     for name in ("width", "height"):
         if getattr(args, name) is not None and getattr(args, name) % 8:

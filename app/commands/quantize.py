@@ -1,8 +1,9 @@
 """``mixdiff quantize METHOD``: an INT8 UNet artifact for a model.
 
-The artifact lands in ``<model>/quantized/<out>/``. The server offers it as a precision
-named ``<out>`` when that name is in its ``--precisions`` (``int8``, the name schedules
-use by default, is there unless changed). Every method calibrates on the FP32 model's own
+The artifact lands in ``<model>/quantized/<out>/``, and the server offers it as the
+precision named ``<out>``: every artifact of the folder is offered (``--precisions``'
+default ``*``), unless the server's ``--precisions`` name others only, in which case
+``GET /v1/models`` lists it as unavailable and says why. Every method calibrates on the FP32 model's own
 denoising runs, keeps the blocks ``--fallback`` names in BF16, compiles one AOTInductor
 package per timestep group, checks it, and measures its fidelity on held-out inputs
 (docs/QUANTIZATION.md).
@@ -17,7 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from app.commands.arguments import at_least
+from app.commands.arguments import HelpFormatter, at_least
 from app.settings import DEFAULT_MODEL
 from quantization.methods import METHODS
 
@@ -26,18 +27,28 @@ _TIMESTEP_LAWS = ("uniform", "normal")  # quantization.methods.qat.TIMESTEP_LAWS
 
 
 def _shared_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="diffusers pipeline folder (default: the embedded model, models/mixdiff-shapes)")
-    parser.add_argument("--out", default="int8", help="artifact name: the folder under <model>/quantized/ (default: %(default)s)")
+    parser.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help="diffusers pipeline folder (default: the embedded model, models/mixdiff-shapes)",
+    )
+    parser.add_argument(
+        "--out",
+        default="int8",
+        help="artifact name: the folder under <model>/quantized/, and the precision name the server offers it "
+        "under (every artifact is offered unless the server's --precisions leave it out; schedules name it "
+        "like fp32 or bf16)",
+    )
     calibration = parser.add_argument_group("calibration (the FP32 model's own denoising runs)")
     calibration.add_argument(
         "--sampler",
         choices=_SAMPLERS,
         default="trajectory",
         help="which denoising steps give calibration inputs: every step (trajectory), timesteps uniform over "
-        "[0, T) (Q-Diffusion) or normal around 0.4 T (PTQ4DM) (default: %(default)s)",
+        "[0, T) (Q-Diffusion) or normal around 0.4 T (PTQ4DM)",
     )
     calibration.add_argument(
-        "--prompts", type=at_least(1), default=32, help="calibration prompts, each one FP32 run (default: %(default)s)"
+        "--prompts", type=at_least(1), default=32, help="calibration prompts, each one FP32 run"
     )
     calibration.add_argument(
         "--prompt-file",
@@ -46,33 +57,34 @@ def _shared_arguments(parser: argparse.ArgumentParser) -> None:
         help="calibration prompts, one per line (default: captions of the embedded model's data set)",
     )
     calibration.add_argument(
-        "--samples", type=at_least(1), default=8, help="inputs kept per prompt, uniform and normal samplers (default: %(default)s)"
+        "--samples", type=at_least(1), default=8, help="inputs kept per prompt, uniform and normal samplers"
     )
     calibration.add_argument(
-        "--steps", type=at_least(1), default=50, help="denoising steps of each calibration run (default: %(default)s)"
+        "--steps", type=at_least(1), default=50, help="denoising steps of each calibration run"
     )
-    calibration.add_argument("--guidance-scale", type=float, default=7.5, help="(default: %(default)s)")
-    calibration.add_argument("--seed", type=int, default=0, help="seed of the calibration runs (default: %(default)s)")
+    calibration.add_argument(
+        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance of the calibration runs"
+    )
+    calibration.add_argument("--seed", type=int, default=0, help="seed of the calibration runs")
     layers = parser.add_argument_group("what stays BF16, and packages")
     layers.add_argument(
         "--fallback",
         default="none",
         help="UNet blocks kept in BF16: 'none', 'auto' (a sensitivity scan picks the worst, up to "
-        "--fallback-budget; it quantizes once per block, so it takes a while) or module names, comma-separated "
-        "(default: %(default)s)",
+        "--fallback-budget; it quantizes once per block, so it takes a while) or module names, comma-separated",
     )
     layers.add_argument(
-        "--fallback-budget", type=at_least(0), default=3, help="most blocks 'auto' keeps in BF16 (default: %(default)s)"
+        "--fallback-budget", type=at_least(0), default=3, help="most blocks 'auto' keeps in BF16"
     )
     layers.add_argument(
-        "--scan-inputs", type=at_least(1), default=16, help="calibration inputs per block in the 'auto' scan (default: %(default)s)"
+        "--scan-inputs", type=at_least(1), default=16, help="calibration inputs per block in the 'auto' scan"
     )
     layers.add_argument(
         "--timestep-groups",
         type=at_least(1),
         default=1,
         help="ranges of timesteps with their own activation scales; each is a compiled UNet of its own "
-        "(K times the disk, memory and load time) (default: %(default)s)",
+        "(K times the disk, memory and load time)",
     )
 
 
@@ -83,7 +95,7 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
         default="shapes",
         help="'shapes': the embedded model's own data set; 'generated': data-free, latents the FP32 model "
         "generates from --data-prompts; or a folder of images, each with a caption in a .txt file of the "
-        "same name (default: %(default)s)",
+        "same name",
     )
     data.add_argument(
         "--data-prompts",
@@ -92,43 +104,43 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --data generated: prompts, one per line (default: the calibration prompts)",
     )
     data.add_argument(
-        "--data-size", type=at_least(2), default=2048, help="training examples (images, or generated latents) (default: %(default)s)"
+        "--data-size", type=at_least(2), default=2048, help="training examples (images, or generated latents)"
     )
     data.add_argument(
         "--timesteps",
         choices=_TIMESTEP_LAWS,
         default="uniform",
         help="law of the training timesteps: uniform over [0, T) as the model was trained, or normal around "
-        "0.4 T (PTQ4DM) (default: %(default)s)",
+        "0.4 T (PTQ4DM)",
     )
     data.add_argument(
         "--caption-dropout",
         type=float,
         default=0.1,
-        help="share of examples trained with the empty caption, the unconditional half of guidance (default: %(default)s)",
+        help="share of examples trained with the empty caption, the unconditional half of guidance",
     )
     training = parser.add_argument_group("training")
-    training.add_argument("--train-steps", type=at_least(1), default=400, help="optimizer steps (default: %(default)s)")
+    training.add_argument("--train-steps", type=at_least(1), default=400, help="optimizer steps")
     training.add_argument(
-        "--batch", type=at_least(2), default=8, help="examples per optimizer step, a multiple of 2 (default: %(default)s)"
+        "--batch", type=at_least(2), default=8, help="examples per optimizer step, a multiple of 2"
     )
-    training.add_argument("--lr", type=float, default=1e-5, help="peak learning rate of AdamW (default: %(default)s)")
+    training.add_argument("--lr", type=float, default=1e-5, help="peak learning rate of AdamW")
     training.add_argument(
-        "--warmup", type=at_least(0), default=50, help="linear warm-up steps, then cosine decay (default: %(default)s)"
+        "--warmup", type=at_least(0), default=50, help="linear warm-up steps, then cosine decay"
     )
     training.add_argument(
         "--kd-weight",
         type=float,
         default=1.0,
         help="weight λ of the distillation loss, the student's output against the FP32 teacher's; 0 trains on the "
-        "denoising loss alone (default: %(default)s)",
+        "denoising loss alone",
     )
     training.add_argument(
         "--denoise-weight",
         type=float,
         default=0.0,
         help="weight of the ordinary denoising loss (ε or v, as the model predicts); it pulls the student towards "
-        "the data rather than the teacher, so the default leaves it out (docs/QUANTIZATION.md) (default: %(default)s)",
+        "the data rather than the teacher, so the default leaves it out (docs/QUANTIZATION.md)",
     )
     training.add_argument(
         "--kd-guidance",
@@ -136,17 +148,17 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="distill the classifier-free-guided output at this scale: each example runs as the sampler runs "
         "it, with its empty caption, and the loss compares uncond + scale * (cond - uncond); 0 compares every "
-        "output alone (default: %(default)s)",
+        "output alone",
     )
     training.add_argument(
         "--feature-kd-weight",
         type=float,
         default=0.0,
         help="weight of intermediate-feature distillation: each down, mid and up block's output against the "
-        "teacher's, relative to its size; 0 is off (default: %(default)s)",
+        "teacher's, relative to its size; 0 is off",
     )
     training.add_argument(
-        "--ema", type=float, default=0.0, help="EMA decay of the student's weights, 0 for none (default: %(default)s)"
+        "--ema", type=float, default=0.0, help="EMA decay of the student's weights, 0 for none"
     )
     training.add_argument(
         "--no-init-from-calibration",
@@ -168,10 +180,10 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoints and the loss log (loss.jsonl) (default: runs/qat/<out>)",
     )
     training.add_argument(
-        "--checkpoint-every", type=at_least(1), default=100, help="steps between checkpoints (default: %(default)s)"
+        "--checkpoint-every", type=at_least(1), default=100, help="steps between checkpoints"
     )
     training.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --work")
-    training.add_argument("--train-seed", type=int, default=0, help="seed of every training draw (default: %(default)s)")
+    training.add_argument("--train-seed", type=int, default=0, help="seed of every training draw")
 
 
 #: Each method's own flags, beside the shared ones (a test checks these match ``METHODS``).
@@ -179,13 +191,17 @@ METHOD_ARGUMENTS = {"ptq": None, "qat": _qat_arguments}
 
 
 def register(subparsers) -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = subparsers.add_parser("quantize", help="make quantized UNet artifacts", description=__doc__, formatter_class=raw)
+    parser = subparsers.add_parser(
+        "quantize", help="make quantized UNet artifacts", description=__doc__, formatter_class=HelpFormatter
+    )
     methods = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
     about = __doc__.split("\n", 2)[2]  # what every method does
     for name, info in METHODS.items():
         method = methods.add_parser(
-            name, help=info.summary, description=textwrap.fill(f"mixdiff quantize {name}: {info.summary}.", 88) + f"\n\n{about}", formatter_class=raw
+            name,
+            help=info.summary,
+            description=textwrap.fill(f"mixdiff quantize {name}: {info.summary}.", 88) + f"\n\n{about}",
+            formatter_class=HelpFormatter,
         )
         _shared_arguments(method)
         if METHOD_ARGUMENTS[name] is not None:

@@ -8,6 +8,7 @@ variable. The flags are generated from the settings, so the two never drift apar
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import types
 import typing
@@ -54,6 +55,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**{name: value for name, value in vars(args).items() if name in Settings.model_fields})
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before any worker starts: a port in use fails at once."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -68,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except (ValidationError, ValueError) as exc:
         print(f"mixdiff serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sock = _listen(settings.host, settings.port)
+    except OSError as exc:
+        print(f"mixdiff serve: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 2
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -86,5 +104,5 @@ def run(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
-    Server(config).run()
+    Server(config).run(sockets=[sock])
     return 0

@@ -66,7 +66,7 @@ class Job:
         self._publish("step", asdict(record))
 
     def complete(self, result: GenerationResult) -> None:
-        self.result = result
+        self.result, self.finished = result, time.time()  # the event's timings include the total
         self._finish(JobStatus.completed, "completed", {"id": self.id, "seed": result.seed, "timings": self.timings()})
 
     def fail(self, error: MixdiffError) -> None:
@@ -75,7 +75,7 @@ class Job:
         self._finish(status, "failed", {"id": self.id, **error.body()})
 
     def _finish(self, status: JobStatus, event: str, data: dict) -> None:
-        self.status, self.finished = status, time.time()
+        self.status, self.finished = status, self.finished or time.time()
         self._publish(event, data)
         self._done.set()
 

@@ -38,6 +38,26 @@ def _rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+#: Longest log message a worker writes: libraries quote whole prompts (diffusers, the part
+#: of a long prompt its text encoder drops), and a prompt may be tens of kilobytes.
+MAX_LOG_MESSAGE = 500
+
+
+class _CutLongMessages(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > MAX_LOG_MESSAGE:
+            record.msg, record.args = f"{message[:MAX_LOG_MESSAGE]}... ({len(message)} characters)", None
+        return True
+
+
+def _cut_long_messages(*loggers: logging.Logger) -> None:
+    """Cut every message the handlers of ``loggers`` write to ``MAX_LOG_MESSAGE`` characters."""
+    for logger in loggers:
+        for handler in logger.handlers:
+            handler.addFilter(_CutLongMessages())
+
+
 def main(index: int, cores: list[int], settings: Settings, conn: Connection, cancel: Synchronized) -> None:
     """Run worker ``index`` on ``cores``; ``cancel.value`` holds the number of a job to cancel."""
     _pin(cores)
@@ -55,6 +75,7 @@ def main(index: int, cores: list[int], settings: Settings, conn: Connection, can
 
         from app.pipeline.loop import MixedPrecisionPipeline
 
+        _cut_long_messages(logging.getLogger(), logging.getLogger("diffusers"))  # diffusers logs on its own
         pipeline = MixedPrecisionPipeline.load(
             settings.model,
             settings.precisions,

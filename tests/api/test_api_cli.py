@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import time
 
+import pytest
 from PIL import Image
 
+from app import __version__
 from app.cli import main
 from app.commands import serve
 from app.settings import Settings
@@ -55,7 +59,43 @@ def test_generate_writes_a_png_and_prints_every_step(tmp_path, capsys):
     assert Image.open(out).size == (64, 64)
 
 
-def test_generate_refuses_an_unknown_precision(tmp_path, capsys):
+def test_generate_refuses_an_unknown_precision_and_lists_the_models(tmp_path, capsys):
     argv = ["generate", "--model", "tiny-random", "--prompt", "x", "--steps", "2", "--precision", "int4"]
     assert main([*argv, "--out", str(tmp_path / "x.png")]) == 2
-    assert "unknown precision 'int4'" in capsys.readouterr().err
+    assert "precision 'int4' is not available for this model; available: fp32, bf16" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"mixdiff {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "command, shown",
+    [
+        (["eval"], ["(default: 100)", "(default: ddim)"]),
+        (["generate"], ["(default: ddim)", "(default: bf16)"]),
+        (["bench"], ["(default: sd15)"]),
+        (["quantize", "ptq"], ["(default: trajectory)", "(default: 7.5)"]),
+        (["quantize", "qat"], ["(default: 400)", "(default: 1e-05)"]),
+    ],
+)
+def test_every_command_shows_its_defaults(capsys, command, shown):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for default in shown:
+        assert default in help_text
+
+
+def test_serve_fails_at_once_on_a_port_in_use(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        assert main(["serve", "--model", "tiny-random", "--port", str(port)]) == 2
+    assert time.monotonic() - started < 5  # before any worker loads
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err

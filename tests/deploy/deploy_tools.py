@@ -14,7 +14,9 @@ import pytest
 _REPO = Path(__file__).resolve().parents[2]
 # Where make deploy-tools unpacks Debian's tools, then the console scripts of the test
 # extra (next to the interpreter, which may not be on PATH), then PATH.
-_SEARCH_PATH = os.pathsep.join([str(_REPO / ".tools" / "bin"), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+_SEARCH_PATH = os.pathsep.join(
+    [str(_REPO / ".tools" / "bin"), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+)
 
 #: Where each tool comes from, for the skip message.
 _SOURCES = {

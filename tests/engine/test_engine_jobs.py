@@ -66,3 +66,12 @@ def test_subscribers_get_past_events_then_live_ones_until_the_end():
     assert seen == [("step", 0), ("step", 1), ("failed", None)]
     assert late == ["step", "step", "failed"]
     assert job.status is JobStatus.cancelled
+
+
+def test_the_completed_event_carries_the_total_time():
+    job = JobStore(ttl=60, max_kept=10).create("jobs", PARAMS, ["bf16", "bf16"], deadline=1e12)
+    job.start(0)
+    job.complete(GenerationResult(images=[b"png"], seed=0, schedule=job.schedule))
+    event, data = job.events[-1]
+    assert event == "completed"
+    assert data["timings"]["total"] == job.finished - job.created >= 0
