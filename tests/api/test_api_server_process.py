@@ -11,7 +11,7 @@ import signal
 import httpx
 import pytest
 from api_helpers import READY_WITHIN, get, metric, ready_worker, running_server, wait_until
-from openai import OpenAI
+from openai import NotFoundError, OpenAI
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -31,12 +31,18 @@ def test_openai_client_gets_a_64px_image(server):
         prompt="a yellow triangle",
         size="64x64",
         response_format="b64_json",
+        quality="standard",
+        style="natural",
         extra_body={"precision": {"high": "fp32", "low": "bf16", "first": 1, "last": 1}, "steps": 3, "seed": 5},
     )
     (image,) = response.data
     assert Image.open(io.BytesIO(base64.b64decode(image.b64_json))).size == (64, 64)
     assert metric(base, 'mixdiff_denoise_step_seconds_count{precision="fp32"}') >= 2
     assert metric(base, 'mixdiff_denoise_step_seconds_count{precision="bf16"}') >= 1
+    model = client.models.retrieve("tiny-random")
+    assert (model.id, model.object, model.owned_by) == ("tiny-random", "model", "mixdiff")
+    with pytest.raises(NotFoundError):
+        client.models.retrieve("dall-e-3")
 
 
 def test_a_client_that_goes_away_cancels_its_request(server):
