@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from app.api.schemas import MAX_SEED
+from app.api.schemas import A1111_UNSUPPORTED, MAX_SEED, SAMPLER_NAMES
 from app.api.submit import served_sizes
 from app.errors import ERROR_TYPES
 from app.settings import Settings
@@ -83,7 +83,9 @@ def _limit_request(schema: dict, settings: Settings, model, sizes: list[int] | N
     props = schema["properties"]
     _branch(props["seed"], "integer")["maximum"] = MAX_SEED  # exact: FastAPI writes bounds as floats
     _branch(props["steps"], "integer")["maximum"] = settings.max_steps
-    props["n"]["maximum"] = settings.max_images
+    for name in ("n", "batch_size", "n_iter"):
+        if name in props:
+            props[name]["maximum"] = settings.max_images
     for name in ("width", "height"):
         if name in props:
             form = _branch(props[name], "integer")
@@ -108,9 +110,18 @@ def _limit_request(schema: dict, settings: Settings, model, sizes: list[int] | N
         "required": ["steps", "precision"],
         "properties": {"steps": {"type": "integer"}, "precision": {"type": "array"}},
     }
+    for name, (default, _) in A1111_UNSUPPORTED.items():
+        if name in props:  # A1111's, accepted at their defaults only
+            props[name] = {"anyOf": [{"const": default}, {"type": "null"}], "default": default}
     if model is None:
         return
-    _branch(props["scheduler"], "string")["enum"] = list(model.schedulers)
+    for name in ("sampler_name", "sampler_index"):
+        if name in props:
+            _branch(props[name], "string")["enum"] = [
+                label for label, scheduler in SAMPLER_NAMES.items() if scheduler in model.schedulers
+            ]
+    if "scheduler" in props:
+        _branch(props["scheduler"], "string")["enum"] = list(model.schedulers)
     _branch(precision, "string")["enum"] = list(model.precisions)
     lists["items"]["enum"] = list(model.precisions)
 
@@ -150,7 +161,7 @@ def openapi_schema(app: FastAPI) -> dict:
     sizes = served_sizes(state.settings, model) if model is not None else None
     _drop_fastapi_422(schema)
     components = schema["components"]["schemas"]
-    for name in ("GenerateRequest", "ImageGenerationRequest"):
+    for name in ("GenerateRequest", "ImageGenerationRequest", "Txt2ImgRequest"):
         _limit_request(components[name], state.settings, model, sizes)
     _limit_split(components["SplitSchedule"], model)
     if model is not None:  # the id GET /v1/models/{model_id} answers for

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 
 from app.engine.schedule import PrecisionSpec, whole_number
+from app.errors import InvalidRequest
 
 MAX_SEED = 2**63 - 1
 #: Longest prompt or negative prompt, in characters: far beyond what a text encoder reads
@@ -80,3 +81,58 @@ class ImageGenerationRequest(GenerationFields):
     )
     style: Literal["vivid", "natural"] | None = Field(None, description="accepted as OpenAI documents it and ignored")
     user: str | None = Field(None, description="accepted for compatibility and ignored")
+
+
+#: AUTOMATIC1111's sampler names of mixdiff's schedulers.
+SAMPLER_NAMES = {
+    "DDIM": "ddim", "PLMS": "pndm", "Euler": "euler", "Euler a": "euler_a", "DPM++ 2M": "dpmpp", "LMS": "lms"
+}
+
+#: A1111 fields mixdiff accepts only at A1111's defaults: field -> (default, what it would ask for).
+A1111_UNSUPPORTED = {
+    "enable_hr": (False, "hires fix"),
+    "restore_faces": (False, "face restoration"),
+    "tiling": (False, "tiling"),
+    "styles": ([], "saved styles"),
+    "subseed_strength": (0, "variation seeds"),
+    "script_name": (None, "scripts"),
+    "script_args": ([], "scripts"),
+    "alwayson_scripts": ({}, "extensions (always-on scripts)"),
+    "override_settings": ({}, "settings overrides"),
+}
+
+
+class Txt2ImgRequest(BaseModel):
+    """``POST /sdapi/v1/txt2img``: AUTOMATIC1111's body, plus mixdiff's ``precision``. Fields
+    not listed here are ignored, as A1111 ignores them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    width: whole_number() | None = Field(None, description=_SIZE)
+    height: whole_number() | None = Field(None, description=_SIZE)
+    steps: whole_number(ge=1) | None = Field(None, description="default: the model's (GET /v1/models)")
+    cfg_scale: StrictFloat = Field(7.0, ge=0.0, le=50.0)
+    seed: whole_number(ge=-1, le=MAX_SEED) = Field(-1, description="-1: a random seed")
+    batch_size: whole_number(ge=1) = Field(1, description="images per job, at most the server's max_images")
+    n_iter: whole_number(ge=1) = Field(1, description="jobs run one after the other, at most max_images")
+    sampler_name: str | None = Field(None, description="A1111's name (GET /sdapi/v1/samplers); default: the server's")
+    sampler_index: str | None = Field(None, description="older clients' sampler_name")
+    precision: PrecisionSpec | None = None
+    enable_hr: StrictBool | None = False
+    restore_faces: StrictBool | None = False
+    tiling: StrictBool | None = False
+    styles: list[str] | None = None
+    subseed_strength: StrictFloat | None = 0
+    script_name: str | None = None
+    script_args: list | None = None
+    alwayson_scripts: dict | None = None
+    override_settings: dict | None = None
+
+    def refuse_unsupported(self) -> None:
+        """``InvalidRequest`` naming the first field that asks for something mixdiff does not do."""
+        for name, (default, feature) in A1111_UNSUPPORTED.items():
+            value = getattr(self, name)
+            if value not in (default, None):
+                raise InvalidRequest(f"{name}: {feature} is not supported by mixdiff", param=name)

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
-from app.api.schemas import GenerateRequest, GenerationFields, ImageGenerationRequest
+from app.api.schemas import GenerateRequest, GenerationFields, ImageGenerationRequest, Txt2ImgRequest
 from app.engine.jobs import Job
 from app.engine.pool import LoadedModel, WorkerPool
 from app.engine.schedule import PrecisionSpec, precisions_named, resolve
@@ -166,7 +166,7 @@ def endpoint(request: Request) -> str:
 
 def _admits_jobs(route: APIRoute) -> bool:
     body = route.body_field.field_info.annotation if route.body_field is not None else None
-    return isinstance(body, type) and issubclass(body, GenerationFields)
+    return isinstance(body, type) and issubclass(body, (GenerationFields, Txt2ImgRequest))
 
 
 def endpoints(routers: Iterable[APIRouter]) -> list[str]:

@@ -35,6 +35,10 @@ def test_every_error_status_a_route_answers_with_is_documented_with_the_error_bo
         ("get", "/v1/models"): {401, 503},
         ("get", "/v1/models/{model_id}"): {401, 404, 503},
         ("get", "/health/ready"): {503},
+        ("post", "/sdapi/v1/txt2img"): {401, 413, 415, 422, 429, 499, 500, 503, 504},
+        ("get", "/sdapi/v1/progress"): {401},
+        ("post", "/sdapi/v1/interrupt"): {401},
+        ("get", "/sdapi/v1/samplers"): {401, 503},
     }
     for (method, path), statuses in expected.items():
         responses = openapi["paths"][path][method]["responses"]

@@ -90,7 +90,7 @@ def test_metrics_export_known_series_at_zero_before_any_request(settings):
     metrics.offer_precisions(["bf16", "int8"])
     text = generate_latest(metrics.registry).decode()
     endpoints = re.findall(r'^mixdiff_requests_total{endpoint="(\w+)"} 0.0$', text, re.M)
-    assert endpoints == ["generate", "jobs", "openai"]  # the routes that admit generation requests
+    assert endpoints == ["generate", "jobs", "openai", "a1111"]  # the routes that admit generation requests
     assert 'mixdiff_request_duration_seconds_count{endpoint="openai"} 0.0' in text
     assert 'mixdiff_failures_total{reason="worker_died"} 0.0' in text
     assert 'mixdiff_denoise_steps_total{precision="int8"} 0.0' in text
