@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from app.api.contract import GENERATION_ERRORS, errors
 from app.api.guard import GuardedRoute
-from app.api.schemas import SAMPLER_NAMES, Txt2ImgRequest
+from app.api.schemas import Txt2ImgRequest, a1111_samplers
 from app.api.submit import JobRequest, endpoint, to_job, wait_for_result
 from app.errors import InvalidRequest, NotFound
 
@@ -40,7 +40,7 @@ def _scheduler(body: Txt2ImgRequest, schedulers: list[str]) -> str | None:
     name = body.sampler_name or body.sampler_index
     if not name:
         return None
-    offered = {label: scheduler for label, scheduler in SAMPLER_NAMES.items() if scheduler in schedulers}
+    offered = a1111_samplers(schedulers)
     if name not in offered and name not in offered.values():
         raise InvalidRequest(
             f"unknown sampler {name!r}; this model's samplers: {', '.join(offered)}", param="sampler_name"
@@ -87,7 +87,8 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> dict:
         images += result.images
         seeds += [params.seed] * params.n  # one generator draws a job's batch: its images share the seed
         warnings += [warning for warning in result.warnings if warning not in warnings]
-    sampler = next((label for label, name in SAMPLER_NAMES.items() if name == params.scheduler), params.scheduler)
+    labels = {name: label for label, name in a1111_samplers(model.schedulers).items()}
+    sampler = labels.get(params.scheduler, params.scheduler)
     infotext = _infotext(body, seed, params.width, params.height, sampler, schedule)
     info = {
         "prompt": body.prompt,
@@ -179,11 +180,7 @@ async def sd_models(request: Request) -> list[dict]:
 async def samplers(request: Request) -> list[dict]:
     """The model's schedulers under A1111's names."""
     schedulers = request.app.state.pool.loaded_model().schedulers
-    return [
-        {"name": label, "aliases": [name], "options": {}}
-        for label, name in SAMPLER_NAMES.items()
-        if name in schedulers
-    ]
+    return [{"name": label, "aliases": [name], "options": {}} for label, name in a1111_samplers(schedulers).items()]
 
 
 @router.get("/options", responses=errors(503))

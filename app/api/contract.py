@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from app.api.schemas import A1111_UNSUPPORTED, MAX_SEED, SAMPLER_NAMES
+from app.api.schemas import A1111_UNSUPPORTED, MAX_SEED, a1111_samplers
 from app.api.submit import served_sizes
 from app.errors import ERROR_TYPES
 from app.settings import Settings
@@ -44,7 +44,7 @@ _ERRORS = {
     415: "unsupported_media_type: the body is not sent as application/json",
     422: "invalid_request: the body breaks the schema or the server's limits; `param` names the field",
     429: "overloaded: every worker is busy and the queue is full; retry after Retry-After seconds",
-    499: "cancelled: the job was cancelled (POST /v1/jobs/{id}/cancel) before it finished",
+    499: "cancelled: the job was cancelled (POST /v1/jobs/{id}/cancel, /sdapi/v1/interrupt) before it finished",
     500: "generation_failed: the generation failed in the worker",
     503: "not_ready, worker_died: no worker is loaded (starting, restarting, shutting down), or the worker "
     "running the job died",
@@ -79,7 +79,8 @@ def _branch(prop: dict, type_: str) -> dict:
 
 
 def _limit_request(schema: dict, settings: Settings, model, sizes: list[int] | None) -> None:
-    """Write the server's limits into a request body schema (``GenerateRequest``, ``ImageGenerationRequest``)."""
+    """Write the server's limits and the model's names into a request body schema (``GenerateRequest``,
+    ``ImageGenerationRequest``, ``Txt2ImgRequest``): each family's fields that it has."""
     props = schema["properties"]
     _branch(props["seed"], "integer")["maximum"] = MAX_SEED  # exact: FastAPI writes bounds as floats
     _branch(props["steps"], "integer")["maximum"] = settings.max_steps
@@ -117,9 +118,7 @@ def _limit_request(schema: dict, settings: Settings, model, sizes: list[int] | N
         return
     for name in ("sampler_name", "sampler_index"):
         if name in props:
-            _branch(props[name], "string")["enum"] = [
-                label for label, scheduler in SAMPLER_NAMES.items() if scheduler in model.schedulers
-            ]
+            _branch(props[name], "string")["enum"] = list(a1111_samplers(model.schedulers))
     if "scheduler" in props:
         _branch(props["scheduler"], "string")["enum"] = list(model.schedulers)
     _branch(precision, "string")["enum"] = list(model.precisions)

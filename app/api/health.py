@@ -1,8 +1,9 @@
 """Probes and metrics, open without the API key.
 
-``/health/live``: the process answers (GET or HEAD). ``/health/ready``: a worker is loaded and the
-server admits work (503 while loading, while every worker restarts, and after
-SIGTERM); it lists the workers with their pids and states (GET, or HEAD for the status alone). ``/metrics``: Prometheus.
+``/health/live``: the process answers (GET or HEAD). ``/health/ready``: a worker is
+loaded and the server admits work (503 while loading, while every worker restarts, and
+after SIGTERM); it lists the workers with their pids and states (GET, or HEAD for the
+status alone). ``/metrics``: Prometheus.
 """
 
 from __future__ import annotations

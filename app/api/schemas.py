@@ -88,6 +88,11 @@ SAMPLER_NAMES = {
     "DDIM": "ddim", "PLMS": "pndm", "Euler": "euler", "Euler a": "euler_a", "DPM++ 2M": "dpmpp", "LMS": "lms"
 }
 
+
+def a1111_samplers(schedulers: list[str]) -> dict[str, str]:
+    """A1111 sampler name -> mixdiff scheduler, for the ``schedulers`` a model can sample."""
+    return {label: name for label, name in SAMPLER_NAMES.items() if name in schedulers}
+
 #: A1111 fields mixdiff accepts only at A1111's defaults: field -> (default, what it would ask for).
 A1111_UNSUPPORTED = {
     "enable_hr": (False, "hires fix"),

@@ -66,11 +66,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mixdiff generate: {exc}", file=sys.stderr)
         return 2
-    missing = sorted(precisions_named(spec) - set(offered(folder)))
+    available = offered(folder)
+    missing = sorted(precisions_named(spec) - set(available))
     if missing:
         print(
             f"mixdiff generate: precision {', '.join(map(repr, missing))} is not available for this model; "
-            f"available: {', '.join(offered(folder))}",
+            f"available: {', '.join(available)}",
             file=sys.stderr,
         )
         return 2

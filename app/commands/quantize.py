@@ -3,10 +3,10 @@
 The artifact lands in ``<model>/quantized/<out>/``, and the server offers it as the
 precision named ``<out>``: every artifact of the folder is offered (``--precisions``'
 default ``*``), unless the server's ``--precisions`` name others only, in which case
-``GET /v1/models`` lists it as unavailable and says why. Every method calibrates on the FP32 model's own
-denoising runs, keeps the blocks ``--fallback`` names in BF16, compiles one AOTInductor
-package per timestep group, checks it, and measures its fidelity on held-out inputs
-(docs/QUANTIZATION.md).
+``GET /v1/models`` lists it as unavailable and says why. Every method calibrates on the
+FP32 model's own denoising runs, keeps the blocks ``--fallback`` names in BF16, compiles
+one AOTInductor package per timestep group, checks it, and measures its fidelity on
+held-out inputs (docs/QUANTIZATION.md).
 """
 
 from __future__ import annotations
