@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install deploy-tools serve test contract bench clean
+.PHONY: install test-tools serve test contract bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,25 +19,36 @@ install: $(VENV)/.installed
 serve: install
 	$(VENV)/bin/mixdiff serve
 
-# promtool and prometheus for tests/deploy: Debian's prometheus package, downloaded and
-# unpacked into .tools/ (about 100 MB) -- nothing is installed into the system and no
-# service is enabled. Without apt-get those tests skip and say why.
+# Debian packages the tests drive, downloaded and unpacked into .tools/NAME: nothing is
+# installed into the system and no service is enabled. Without apt-get, the tests that
+# need them skip and say why. prometheus/promtool (about 100 MB) for tests/deploy; the headless Chromium
+# (about 300 MB) for the playground's browser test.
 TOOLS := .tools
 APT := apt-get -q -o Dir::State::Lists=$(CURDIR)/$(TOOLS)/apt/lists -o Dir::Cache=$(CURDIR)/$(TOOLS)/apt/cache \
 	-o Dir::State::status=/var/lib/dpkg/status -o Debug::NoLocking=1 -o APT::Sandbox::User=$$(id -un)
 
-$(TOOLS)/bin/promtool:
+# $(call unpack,FOLDER,PACKAGES): Debian's PACKAGES unpacked into .tools/FOLDER
+define unpack
 	@if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then \
-		echo "deploy-tools: no apt-get here; tests/deploy will skip the Prometheus checks" >&2; exit 0; fi; \
-	mkdir -p $(TOOLS)/apt/lists/partial $(TOOLS)/apt/cache/archives/partial $(TOOLS)/bin && \
-	$(APT) update >/dev/null && cd $(TOOLS) && $(APT) download prometheus >/dev/null && \
-	dpkg-deb -x prometheus_*.deb prometheus && rm -f prometheus_*.deb && rm -rf apt && \
-	ln -sf ../prometheus/usr/bin/prometheus ../prometheus/usr/bin/promtool bin/ || \
-	echo "deploy-tools: could not download Debian's prometheus; tests/deploy will skip the Prometheus checks" >&2
+		echo "test-tools: no apt-get here; the tests that need $(1) will skip" >&2; exit 0; fi; \
+	rm -rf $(TOOLS)/$(1) && mkdir -p $(TOOLS)/apt/lists/partial $(TOOLS)/apt/cache/archives/partial $(TOOLS)/$(1)/debs && \
+	$(APT) update >/dev/null && cd $(TOOLS)/$(1)/debs && \
+	$(APT) download $(2) >/dev/null && for deb in *.deb; do dpkg-deb -x $$deb ..; done && cd .. && rm -rf debs ../apt || \
+	{ rm -rf $(CURDIR)/$(TOOLS)/$(1); echo "test-tools: could not download Debian's $(1); the tests that need it will skip" >&2; }
+endef
 
-deploy-tools: $(TOOLS)/bin/promtool
+# PACKAGE and the packages this machine lacks for it (no recommends), as apt-get would install them
+with_libraries = $$($(APT) install --simulate --no-install-recommends $(1) 2>/dev/null | awk '/^Inst/ {print $$2}')
 
-test: install deploy-tools
+$(TOOLS)/prometheus/usr/bin/promtool:  # Go binaries: no libraries needed
+	$(call unpack,prometheus,prometheus)
+
+$(TOOLS)/chromium/usr/lib/chromium/chromium-headless-shell:
+	$(call unpack,chromium,$(call with_libraries,chromium-headless-shell))
+
+test-tools: $(TOOLS)/prometheus/usr/bin/promtool $(TOOLS)/chromium/usr/lib/chromium/chromium-headless-shell
+
+test: install test-tools
 	$(VENV)/bin/pytest
 
 # schemathesis, every check, against a real server on the tiny pipeline: the suite runs 5

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import app as package
-from app.api import a1111, contract, errors, generate, health, jobs, models, openai
+from app.api import a1111, contract, errors, generate, health, jobs, models, openai, playground
 from app.api.submit import endpoints
 from app.engine.jobs import JobStore
 from app.engine.metrics import Metrics
@@ -26,7 +26,7 @@ from app.errors import PayloadTooLarge
 from app.settings import Settings
 
 #: Every router of the app, in the order it matches them.
-ROUTERS = (generate.router, jobs.router, openai.router, a1111.router, models.router, health.router)
+ROUTERS = (generate.router, jobs.router, openai.router, a1111.router, models.router, health.router, playground.router)
 
 
 class BodyLimit:
@@ -94,4 +94,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)
+    playground.install(app)
     return app

