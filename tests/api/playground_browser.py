@@ -61,7 +61,7 @@ def open_page(browser: Browser, base: str, api_key: str | None = None, width: in
 def generate_split(page: Page, prompt: str, high: str, low: str, first: int, last: int, steps: int) -> None:
     """Type a prompt, pick the paper's split schedule, generate, and wait for the image."""
     page.get_by_label("Prompt", exact=True).fill(prompt)
-    page.get_by_label("Steps").fill(str(steps))
+    page.get_by_label("Steps", exact=True).fill(str(steps))
     page.get_by_label("split: high at both ends, low between").check()
     page.get_by_label("High", exact=True).select_option(high)
     page.get_by_label("Low", exact=True).select_option(low)
