@@ -21,8 +21,9 @@ serve: install
 
 # Debian packages the tests drive, downloaded and unpacked into .tools/NAME: nothing is
 # installed into the system and no service is enabled. Without apt-get, the tests that
-# need them skip and say why. prometheus/promtool (about 100 MB) for tests/deploy; the headless Chromium
-# (about 300 MB) for the playground's browser test.
+# need them skip and say why. prometheus/promtool (about 100 MB) for tests/deploy; the
+# headless Chromium (about 300 MB) for the playground's browser test; redis-server (7 MB)
+# for the shared job store's tests.
 TOOLS := .tools
 APT := apt-get -q -o Dir::State::Lists=$(CURDIR)/$(TOOLS)/apt/lists -o Dir::Cache=$(CURDIR)/$(TOOLS)/apt/cache \
 	-o Dir::State::status=/var/lib/dpkg/status -o Debug::NoLocking=1 -o APT::Sandbox::User=$$(id -un)
@@ -46,7 +47,11 @@ $(TOOLS)/prometheus/usr/bin/promtool:  # Go binaries: no libraries needed
 $(TOOLS)/chromium/usr/lib/chromium/chromium-headless-shell:
 	$(call unpack,chromium,$(call with_libraries,chromium-headless-shell))
 
-test-tools: $(TOOLS)/prometheus/usr/bin/promtool $(TOOLS)/chromium/usr/lib/chromium/chromium-headless-shell
+$(TOOLS)/redis/usr/bin/redis-server:
+	$(call unpack,redis,$(call with_libraries,redis-server))
+
+test-tools: $(TOOLS)/prometheus/usr/bin/promtool $(TOOLS)/chromium/usr/lib/chromium/chromium-headless-shell \
+	$(TOOLS)/redis/usr/bin/redis-server
 
 test: install test-tools
 	$(VENV)/bin/pytest

@@ -91,6 +91,13 @@ class WorkerDied(MixdiffError):
     type = "worker_died"
 
 
+class StoreUnavailable(MixdiffError):
+    """The shared job store (Redis) does not answer: job routes wait for it, /generate does not need it."""
+
+    status = 503
+    type = "store_unavailable"
+
+
 class Timeout(MixdiffError):
     status = 504
     type = "timeout"
@@ -121,6 +128,7 @@ _BY_TYPE = {
         Overloaded,
         NotReady,
         WorkerDied,
+        StoreUnavailable,
         Timeout,
         Cancelled,
         GenerationFailed,

@@ -102,6 +102,19 @@ class Settings(BaseSettings):
         600.0, gt=0, description="seconds from admission until a request fails with 504 (queue wait included)"
     )
     job_ttl: float = Field(3600.0, gt=0, description="seconds a finished job and its images are kept for GET /v1/jobs")
+    job_store: str = Field(
+        "memory",
+        pattern=r"^(memory|rediss?://\S+)$",
+        description="where async jobs live: 'memory' (this process; lost when it stops) or a Redis URL "
+        "(redis://host:6379/0) shared by replicas: any replica answers for any job, a draining replica hands its "
+        "queued jobs to the others, and the jobs of one that dies are taken over (docs/API.md, Jobs across replicas)",
+    )
+    job_lease: float = Field(
+        10.0,
+        gt=0,
+        description="with a Redis job store: seconds without a heartbeat after which a replica counts as dead, its "
+        "running job fails and its queued jobs go to the others",
+    )
     max_jobs_kept: int = Field(256, ge=1, description="finished jobs kept at most; the oldest go first")
     shutdown_grace: float = Field(
         120.0, ge=0, description="seconds SIGTERM waits for running work before the workers are killed"

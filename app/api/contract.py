@@ -46,8 +46,8 @@ _ERRORS = {
     429: "overloaded: every worker is busy and the queue is full; retry after Retry-After seconds",
     499: "cancelled: the job was cancelled (POST /v1/jobs/{id}/cancel, /sdapi/v1/interrupt) before it finished",
     500: "generation_failed: the generation failed in the worker",
-    503: "not_ready, worker_died: no worker is loaded (starting, restarting, shutting down), or the worker "
-    "running the job died",
+    503: "not_ready, worker_died, store_unavailable: no worker is loaded (starting, restarting, shutting down), "
+    "the worker running the job died, or the shared job store (Redis) does not answer",
     504: "timeout: the job did not finish within request_timeout",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}

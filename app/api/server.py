@@ -1,7 +1,7 @@
 """The FastAPI application: routers, error handlers, body limit, and the pool's life cycle.
 
 ``create_app(settings)`` builds everything the server holds (metrics registry, job
-store, worker pool) and keeps it on ``app.state``; nothing is global, so tests can
+store, worker pool, job board) and keeps it on ``app.state``; nothing is global, so tests can
 run several apps side by side. The lifespan starts the workers (they load in the
 background: ``/health/ready`` says when) and, at shutdown, drains them.
 """
@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import app as package
-from app.api import a1111, contract, errors, generate, health, jobs, models, openai, playground
+from app.api import a1111, contract, errors, generate, health, job_board, jobs, models, openai, playground
 from app.api.submit import endpoints
 from app.engine.jobs import JobStore
 from app.engine.metrics import Metrics
@@ -71,8 +71,11 @@ class BodyLimit:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     await app.state.pool.start()
+    await app.state.board.start()
     yield
+    app.state.board.draining()
     await app.state.pool.drain(app.state.settings.shutdown_grace)
+    await app.state.board.stop()
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -88,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     job_store = JobStore(settings.job_ttl, settings.max_jobs_kept)
     app.state.settings, app.state.metrics, app.state.jobs = settings, metrics, job_store
     app.state.pool = WorkerPool(settings, metrics, job_store)
+    app.state.board = job_board.board(settings, job_store, app.state.pool, metrics)
     app.state.started = time.time()
     errors.install(app)
     contract.install(app)

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             # SIGTERM/SIGINT: refuse new work at once; uvicorn then waits for open
             # requests and the lifespan drains the queue within shutdown_grace.
             app.state.pool.stop_admitting()
+            app.state.board.draining()  # with Redis: queued jobs go to the other replicas now
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(

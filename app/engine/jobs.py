@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
@@ -50,6 +50,8 @@ class Job:
     result: GenerationResult | None = None
     error: MixdiffError | None = None
     events: list[tuple[str, dict]] = field(default_factory=list)
+    #: Called with (job, event, data) on every change: event None when it starts running.
+    watchers: list[Callable[[Job, str | None, dict | None], None]] = field(default_factory=list, repr=False)
     _subscribers: list[asyncio.Queue] = field(default_factory=list, repr=False)
     _done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -60,6 +62,8 @@ class Job:
     # -- transitions (called by the pool) ----------------------------------------------------
     def start(self, worker: int) -> None:
         self.status, self.worker, self.started = JobStatus.running, worker, time.time()
+        for watcher in self.watchers:
+            watcher(self, None, None)
 
     def step(self, record: StepRecord) -> None:
         self.steps.append(record)
@@ -83,6 +87,8 @@ class Job:
         self.events.append((event, data))
         for queue in self._subscribers:
             queue.put_nowait((event, data))
+        for watcher in self.watchers:
+            watcher(self, event, data)
 
     # -- observers ------------------------------------------------------------------------
     async def wait(self) -> None:
@@ -127,12 +133,30 @@ class JobStore:
         self._numbers = itertools.count(1)
 
     def create(
-        self, endpoint: str, params: GenerationParams, schedule: list[str], deadline: float, *, detached: bool = False
+        self,
+        endpoint: str,
+        params: GenerationParams,
+        schedule: list[str],
+        deadline: float,
+        *,
+        detached: bool = False,
+        job_id: str | None = None,
+        created: float | None = None,
     ) -> Job:
+        """A new job; ``job_id`` and ``created`` keep those of a job taken over from another replica."""
         self.purge()
-        job = Job(uuid.uuid4().hex, next(self._numbers), endpoint, params, schedule, deadline, detached)
+        job = Job(job_id or uuid.uuid4().hex, next(self._numbers), endpoint, params, schedule, deadline, detached)
+        if created is not None:
+            job.created = created
         self._jobs[job.id] = job
         return job
+
+    def find(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def forget(self, job: Job) -> None:
+        """Drop a job this process no longer answers for (handed to another replica)."""
+        self._jobs.pop(job.id, None)
 
     def get(self, job_id: str) -> Job:
         self.purge()

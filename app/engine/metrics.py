@@ -57,6 +57,12 @@ class Metrics:
         )
         self.queue_depth = Gauge("mixdiff_queue_depth", "Jobs waiting for a worker.", registry=r)
         self.queue_capacity = Gauge("mixdiff_queue_capacity", "Jobs that may wait before clients get 429.", registry=r)
+        self.shared_queue_depth = Gauge(
+            "mixdiff_shared_queue_depth",
+            "Jobs waiting across every replica sharing a Redis job store: their queues and the jobs handed back "
+            "for any replica to take (0 with the memory job store).",
+            registry=r,
+        )
         self.workers = Gauge("mixdiff_workers", "Worker processes configured.", registry=r)
         self.workers_ready = Gauge("mixdiff_workers_ready", "Worker processes alive and loaded.", registry=r)
         self.workers_busy = Gauge("mixdiff_workers_busy", "Worker processes running a job.", registry=r)

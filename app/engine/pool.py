@@ -82,6 +82,7 @@ class WorkerPool:
         self.accepting = True
         self._draining_since = 0.0
         self._pending: deque[Job] = deque()
+        self._timers: dict[Job, asyncio.TimerHandle] = {}  # each admitted job's request_timeout
         self._job_seconds = 0.0  # moving average of job durations, for Retry-After
         self._ctx = multiprocessing.get_context("spawn")
         malloc.for_children()
@@ -178,10 +179,48 @@ class WorkerPool:
             endpoint, params, schedule, deadline=time.time() + self.settings.request_timeout, detached=detached
         )
         self.metrics.requests.labels(endpoint).inc()
-        self._pending.append(job)
-        self._loop.call_later(self.settings.request_timeout, self._expire, job)
-        self._dispatch()
+        self._queue(job)
         return job
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting here for a worker."""
+        return len(self._pending)
+
+    def can_take(self) -> bool:
+        """Whether a job from elsewhere would run at once: admitting, a worker idle, none waiting."""
+        return self.ready and not self._pending and any(w.state == "idle" for w in self.workers)
+
+    def adopt(self, job_id: str, endpoint: str, params: GenerationParams, schedule: list[str], created: float) -> Job:
+        """Queue a detached job another replica admitted (and counted), under its own id; its
+        request_timeout starts again here."""
+        job = self.jobs.create(
+            endpoint,
+            params,
+            schedule,
+            deadline=time.time() + self.settings.request_timeout,
+            detached=True,
+            job_id=job_id,
+            created=created,
+        )
+        self._queue(job)
+        return job
+
+    def release_queued(self) -> list[Job]:
+        """Take the detached jobs still waiting out of this pool (a draining replica hands them on):
+        they leave the queue and the store unfinished."""
+        released = [job for job in self._pending if job.detached]
+        for job in released:
+            self._pending.remove(job)
+            self._timers.pop(job).cancel()
+            self.jobs.forget(job)
+        self._update_gauges()
+        return released
+
+    def _queue(self, job: Job) -> None:
+        self._pending.append(job)
+        self._timers[job] = self._loop.call_later(self.settings.request_timeout, self._expire, job)
+        self._dispatch()
 
     def cancel(self, job: Job) -> None:
         """End the job as cancelled; a running one frees its worker at the next step."""
@@ -218,6 +257,9 @@ class WorkerPool:
         """The one place a job ends: state, events, the worker's cancel flag, metrics."""
         if job in self._pending:
             self._pending.remove(job)
+        timer = self._timers.pop(job, None)
+        if timer is not None:
+            timer.cancel()
         if error is not None:
             handle = self._running(job)
             if handle is not None:

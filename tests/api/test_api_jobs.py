@@ -28,15 +28,20 @@ def running(client, job_id: str) -> dict:
     return wait_until(lambda: (j := job(client, job_id))["steps_done"] >= 1 and j, 120, "the job's first step")
 
 
-def events(client, job_id: str) -> list[tuple[str, dict]]:
-    out, name = [], None
-    with client.stream("GET", f"/v1/jobs/{job_id}/events") as r:
+def events(client, job_id: str, last_event_id: str | None = None, *, ids: bool = False) -> list[tuple]:
+    """(event, data) of each event, or (id, event, data) with ``ids``."""
+    out, name, event_id = [], None, None
+    headers = {} if last_event_id is None else {"Last-Event-ID": last_event_id}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
-            if line.startswith("event: "):
+            if line.startswith("id: "):
+                event_id = line[len("id: ") :]
+            elif line.startswith("event: "):
                 name = line[len("event: ") :]
             elif line.startswith("data: "):
-                out.append((name, json.loads(line[len("data: ") :])))
+                data = json.loads(line[len("data: ") :])
+                out.append((event_id, name, data) if ids else (name, data))
     return out
 
 
@@ -58,6 +63,13 @@ def test_events_are_steps_then_completed_and_replayed(idle_worker):
     assert all(data["precision"] == "bf16" and data["seconds"] > 0 for _, data in live[:3])
     assert live[-1][1]["id"] == created["id"]
     assert events(idle_worker, created["id"]) == live  # a late subscriber gets the replay
+
+
+def test_a_follower_resumes_after_its_last_event_id(idle_worker):
+    created = submit(idle_worker)
+    every = events(idle_worker, created["id"], ids=True)
+    assert [event_id for event_id, _, _ in every] == ["0", "1", "2", "3"]
+    assert events(idle_worker, created["id"], last_event_id="1", ids=True) == every[2:]
 
 
 def test_cancel_frees_the_worker_within_a_step(idle_worker):
