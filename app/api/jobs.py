@@ -53,7 +53,9 @@ async def cancel_job(job_id: str, request: Request) -> dict:
     responses={200: {"content": {"text/event-stream": {}}}, **errors(404, 422, 503)},
 )
 async def job_events(
-    job_id: str, request: Request, last_event_id: Annotated[str | None, Header(max_length=64)] = None
+    job_id: str,
+    request: Request,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> StreamingResponse:
     """Server-sent events: ``step`` per denoising step, then ``completed`` or ``failed``; each
     with an ``id``: a client that reconnects with ``Last-Event-ID`` gets the events after it."""

@@ -73,7 +73,7 @@ async def lifespan(app: FastAPI):
     await app.state.pool.start()
     await app.state.board.start()
     yield
-    app.state.board.draining()
+    app.state.board.hand_back()
     await app.state.pool.drain(app.state.settings.shutdown_grace)
     await app.state.board.stop()
 

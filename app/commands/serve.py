@@ -94,9 +94,11 @@ def run(args: argparse.Namespace) -> int:
         def handle_exit(self, sig, frame) -> None:
             # SIGTERM/SIGINT: refuse new work at once; uvicorn then waits for open
             # requests and the lifespan drains the queue within shutdown_grace.
-            app.state.pool.stop_admitting()
-            app.state.board.draining()  # with Redis: queued jobs go to the other replicas now
-            super().handle_exit(sig, frame)
+            try:
+                app.state.pool.stop_admitting()
+                app.state.board.draining()  # with Redis: queued jobs go to the other replicas now
+            finally:
+                super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
         app,

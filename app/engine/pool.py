@@ -179,7 +179,7 @@ class WorkerPool:
             endpoint, params, schedule, deadline=time.time() + self.settings.request_timeout, detached=detached
         )
         self.metrics.requests.labels(endpoint).inc()
-        self._queue(job)
+        self._queue(job, self.settings.request_timeout)
         return job
 
     @property
@@ -191,35 +191,41 @@ class WorkerPool:
         """Whether a job from elsewhere would run at once: admitting, a worker idle, none waiting."""
         return self.ready and not self._pending and any(w.state == "idle" for w in self.workers)
 
-    def adopt(self, job_id: str, endpoint: str, params: GenerationParams, schedule: list[str], created: float) -> Job:
-        """Queue a detached job another replica admitted (and counted), under its own id; its
-        request_timeout starts again here."""
+    def adopt(
+        self, job_id: str, endpoint: str, params: GenerationParams, schedule: list[str], created: float, timeout: float
+    ) -> Job:
+        """Queue a detached job another replica admitted (and counted), under its own id, with
+        what is left of its request_timeout (``timeout`` seconds)."""
         job = self.jobs.create(
             endpoint,
             params,
             schedule,
-            deadline=time.time() + self.settings.request_timeout,
+            deadline=time.time() + timeout,
             detached=True,
             job_id=job_id,
             created=created,
         )
-        self._queue(job)
+        self._queue(job, timeout)
         return job
 
     def release_queued(self) -> list[Job]:
-        """Take the detached jobs still waiting out of this pool (a draining replica hands them on):
-        they leave the queue and the store unfinished."""
-        released = [job for job in self._pending if job.detached]
-        for job in released:
-            self._pending.remove(job)
-            self._timers.pop(job).cancel()
-            self.jobs.forget(job)
-        self._update_gauges()
-        return released
+        """Take the detached jobs still waiting out of this pool (a draining replica hands them on)."""
+        return [job for job in list(self._pending) if job.detached and self.release(job)]
 
-    def _queue(self, job: Job) -> None:
+    def release(self, job: Job) -> bool:
+        """Take a job that still waits out of the queue and the store, unfinished; False if it
+        is not waiting here."""
+        if job not in self._pending:
+            return False
+        self._pending.remove(job)
+        self._timers.pop(job).cancel()
+        self.jobs.forget(job)
+        self._update_gauges()
+        return True
+
+    def _queue(self, job: Job, timeout: float) -> None:
         self._pending.append(job)
-        self._timers[job] = self._loop.call_later(self.settings.request_timeout, self._expire, job)
+        self._timers[job] = self._loop.call_later(timeout, self._expire, job)
         self._dispatch()
 
     def cancel(self, job: Job) -> None:
