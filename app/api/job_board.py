@@ -44,6 +44,8 @@ from app.settings import Settings
 
 log = logging.getLogger("mixdiff.jobs")
 
+#: The owner of a job no replica holds (in the shared queue, or ended by another replica).
+NOBODY = ""
 #: An event as the stream sends it: (id, event, data).
 Event = tuple[str, str, dict]
 _FINISHED = ("completed", "failed", "cancelled")
@@ -254,11 +256,12 @@ class RedisBoard:
         if write.done is not None and not write.done.done():
             write.done.set_result(None)
 
-    async def _apply(self, write: _Write, *, owner: str | None = "") -> bool:
+    async def _apply(self, write: _Write, *, owner: str | None = None) -> bool:
         """Write the change in one transaction while the job's owner is ``owner`` (this
-        replica by default): a replica that lost a job to another writes nothing of it.
-        False when it was not written for that reason."""
-        owner = self.replica if owner == "" else owner
+        replica by default; ``NOBODY`` for a job in the shared queue): a replica whose job
+        was taken over or ended by another writes nothing more of it. A job with no owner
+        key (new, or a Redis that restarted) is written. False when it was not written."""
+        owner = self.replica if owner is None else owner
         job = write.job_id
         keys = {part: self._key("job", job, part) for part in ("owner", "request", "events", "images", "cancel")}
         mine = self._key("replica", self.replica, "jobs")
@@ -267,12 +270,11 @@ class RedisBoard:
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(keys["owner"])
             current = await pipe.get(keys["owner"])
-            current = current.decode() or None if current is not None else None
-            if write.request is None and current is not None and current != owner:
+            if write.request is None and current is not None and current.decode() != owner:
                 return False
             pipe.multi()
             pipe.set(self._key("job", job), json.dumps(write.record), ex=ttl)
-            pipe.set(keys["owner"], write.record["replica"] or "", ex=ttl)
+            pipe.set(keys["owner"], write.record["replica"] or NOBODY, ex=ttl)
             if write.request is not None:
                 pipe.set(keys["request"], json.dumps(write.request), ex=ttl)
             if write.event is not None:
@@ -367,7 +369,7 @@ class RedisBoard:
                 if local is not None:
                     self.pool.cancel(local)
                 elif await self.redis.lrem(self._key("queue"), 0, job_id):
-                    await self._end_elsewhere(record, Cancelled("the job was cancelled"), owner=None)
+                    await self._end_elsewhere(record, Cancelled("the job was cancelled"), owner=NOBODY)
                 else:
                     await self.redis.publish(self._key("cancel"), job_id)
             except RedisError as exc:
@@ -380,8 +382,8 @@ class RedisBoard:
         record.pop("replica", None)
         return record
 
-    async def _end_elsewhere(self, record: dict, error: MixdiffError, *, owner: str | None) -> None:
-        """End a job no live replica runs: queued in the shared queue (``owner`` None), taken
+    async def _end_elsewhere(self, record: dict, error: MixdiffError, *, owner: str) -> None:
+        """End a job no live replica runs: queued in the shared queue (``owner`` NOBODY), taken
         but not runnable, or left by a replica whose lease ran out (``owner`` that replica)."""
         record.update(
             status="cancelled" if isinstance(error, Cancelled) else "failed",
@@ -486,7 +488,7 @@ class RedisBoard:
             if not job.detached:
                 continue
             owner = await self.redis.get(self._key("job", job.id, "owner"))
-            if owner is not None and owner.decode() not in ("", self.replica):
+            if owner is not None and owner.decode() != self.replica:  # taken over, or ended by another
                 job.watchers.clear()
                 if not self.pool.release(job):
                     self.pool.cancel(job)

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -180,3 +181,31 @@ def test_without_redis_job_routes_answer_503_and_generate_still_works(redis, tmp
 def _try_submit(base: str) -> dict | None:
     r = httpx.post(base + "/v1/jobs", json={"prompt": "x", "steps": 2}, timeout=60)
     return r.json() if r.status_code == 202 else None
+
+
+@pytest.mark.slow
+def test_a_replica_cut_off_past_its_lease_leaves_the_jobs_taken_over_alone(replicas):
+    (process_a, a), (_, b) = replicas
+    running = _submit(a, steps=100, width=256, height=256)
+    queued = [_submit(a, steps=4, seed=i) for i in range(2)]
+    wait_until(lambda: _job(b, running["id"])["status"] == "running", 60, "A's first job running")
+    process_a.send_signal(signal.SIGSTOP)  # A stops answering and renewing; its worker goes on
+    try:
+        failed = wait_until(lambda: (j := _job(b, running["id"]))["status"] == "failed" and j, 30, "the reaping")
+        for job in queued:
+            wait_until(lambda: _job(b, job["id"])["status"] == "completed", 60, "a queued job completing on B")
+        before = [_job(b, job["id"]) for job in (running, *queued)]
+    finally:
+        process_a.send_signal(signal.SIGCONT)
+    wait_until(lambda: get_ready(a), 30, "A answering again")
+    time.sleep(2 * LEASE)  # A learns its lease ran out; whatever its worker finished is not written
+    assert [_job(b, job["id"]) for job in (running, *queued)] == before
+    assert "stopped renewing its lease" in failed["error"]["message"]
+    assert _submit(a)["status"] in ("queued", "running")  # A works on
+
+
+def get_ready(base: str) -> bool:
+    try:
+        return httpx.get(base + "/health/ready", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
