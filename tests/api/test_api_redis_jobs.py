@@ -96,6 +96,21 @@ def _job(base: str, job_id: str) -> dict:
     return r.json()
 
 
+def _long_job_and_queue(a: str, b: str, queued: int) -> tuple[dict, list[dict]]:
+    """A long job running on ``a`` (as ``b`` sees it) and ``queued`` short ones waiting behind it."""
+    running = _submit(a, steps=100, width=256, height=256)
+    waiting = [_submit(a, steps=4, seed=i) for i in range(queued)]
+    wait_until(lambda: _job(b, running["id"])["status"] == "running", 60, "A's first job running")
+    return running, waiting
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(base + "/health/ready", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def _events(base: str, job_id: str, last_event_id: str | None = None) -> list[tuple[str, str]]:
     """(id, event) of every event of the job's stream, to its end."""
     headers = {} if last_event_id is None else {"Last-Event-ID": last_event_id}
@@ -148,9 +163,7 @@ def test_a_sigtermed_replica_hands_its_queued_jobs_to_the_other(replicas):
 @pytest.mark.slow
 def test_a_killed_replicas_running_job_fails_and_its_queued_jobs_run_elsewhere(replicas):
     (process_a, a), (_, b) = replicas
-    running = _submit(a, steps=100, width=256, height=256)
-    queued = [_submit(a, steps=4, seed=i) for i in range(3)]
-    wait_until(lambda: _job(b, running["id"])["status"] == "running", 60, "A's first job running")
+    running, queued = _long_job_and_queue(a, b, queued=3)
     process_a.kill()
     process_a.wait(10)
 
@@ -186,9 +199,7 @@ def _try_submit(base: str) -> dict | None:
 @pytest.mark.slow
 def test_a_replica_cut_off_past_its_lease_leaves_the_jobs_taken_over_alone(replicas):
     (process_a, a), (_, b) = replicas
-    running = _submit(a, steps=100, width=256, height=256)
-    queued = [_submit(a, steps=4, seed=i) for i in range(2)]
-    wait_until(lambda: _job(b, running["id"])["status"] == "running", 60, "A's first job running")
+    running, queued = _long_job_and_queue(a, b, queued=2)
     process_a.send_signal(signal.SIGSTOP)  # A stops answering and renewing; its worker goes on
     try:
         failed = wait_until(lambda: (j := _job(b, running["id"]))["status"] == "failed" and j, 30, "the reaping")
@@ -197,15 +208,8 @@ def test_a_replica_cut_off_past_its_lease_leaves_the_jobs_taken_over_alone(repli
         before = [_job(b, job["id"]) for job in (running, *queued)]
     finally:
         process_a.send_signal(signal.SIGCONT)
-    wait_until(lambda: get_ready(a), 30, "A answering again")
+    wait_until(lambda: _ready(a), 30, "A answering again")
     time.sleep(2 * LEASE)  # A learns its lease ran out; whatever its worker finished is not written
     assert [_job(b, job["id"]) for job in (running, *queued)] == before
     assert "stopped renewing its lease" in failed["error"]["message"]
     assert _submit(a)["status"] in ("queued", "running")  # A works on
-
-
-def get_ready(base: str) -> bool:
-    try:
-        return httpx.get(base + "/health/ready", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
