@@ -24,6 +24,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from app.pipeline.variants import EagerUNet
+from bench import openvino_peer
 from common import malloc
 from quantization.graph import UNetGraph, export_unet
 from quantization.inputs import UNetInputs
@@ -63,13 +64,17 @@ def random_inputs(unet, t: float, seed: int, batch: int = 2) -> UNetInputs:
     )
 
 
+def calibration_inputs(unet) -> list[UNetInputs]:
+    """What every INT8 variant of the benchmark is calibrated on, mixdiff's and the peer's:
+    random inputs at six timesteps spread over the schedule."""
+    return [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
+
+
 def int8_graph(unet, inputs: UNetInputs, quantizer=None) -> torch.fx.GraphModule:
-    """``unet`` quantized as ``mixdiff bench`` quantizes it: calibrated on random inputs at six
-    timesteps spread over the schedule, ready for ``build_package``. ``quantizer``: the
-    artifacts' own (``ptq.make_quantizer()``) unless given."""
-    calibration = [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
+    """``unet`` quantized as ``mixdiff bench`` quantizes it, on ``calibration_inputs``, ready for
+    ``build_package``. ``quantizer``: the artifacts' own (``ptq.make_quantizer()``) unless given."""
     quantizer = quantizer if quantizer is not None else make_quantizer()
-    return quantize_graph(export_unet(unet, inputs), quantizer, calibration)
+    return quantize_graph(export_unet(unet, inputs), quantizer, calibration_inputs(unet))
 
 
 def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Callable], dict]:
@@ -78,8 +83,13 @@ def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Ca
     args = inputs.args()
     steps: dict[str, Callable] = {}
     build: dict[str, dict] = {}
+    peers = [name for name in variants if name in openvino_peer.VARIANTS]
+    if peers:
+        peer_steps, peer_build = openvino_peer.steps(unet, inputs, calibration_inputs(unet), peers)
+        steps.update(peer_steps)
+        build.update(peer_build)
     # eager variants last: FP32 eager turns ``unet`` itself channels-last, which the others must not inherit
-    for name in sorted(variants, key=lambda v: v.endswith("-eager")):
+    for name in sorted((v for v in variants if v not in peers), key=lambda v: v.endswith("-eager")):
         start = time.perf_counter()
         if name in ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa"):
             precision, mode = name.split("-")[:2]
@@ -101,7 +111,7 @@ def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Ca
             }
             steps[name] = lambda r=runner: r(*args)
         else:
-            raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+            raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS + openvino_peer.VARIANTS)}")
         build.setdefault(name, {})["build_seconds"] = round(time.perf_counter() - start, 2)
     return {name: steps[name] for name in variants}, build
 
@@ -202,14 +212,17 @@ def time_embedding_share(unet, inputs: UNetInputs, rounds: int = 20) -> float:
 
 
 def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
-    """Median step seconds of each variant over ``rounds`` interleaved rounds, and ratios."""
+    """Median step seconds of each variant over ``rounds`` interleaved rounds, ratios, and each
+    variant's relative L2 error against the FP32 UNet's output on the same inputs."""
     inputs = random_inputs(unet, 500, seed=100)
     with tempfile.TemporaryDirectory(prefix="mixdiff-bench-") as work, torch.no_grad():
+        reference = UNetGraph(unet)(*inputs.args()).float()  # before any variant touches ``unet``
         steps, build = _steps(unet, variants, inputs, Path(work))
         times = interleaved(steps, rounds, warmup)
+        errors = {name: float((step().float() - reference).norm() / reference.norm()) for name, step in steps.items()}
     median = {name: statistics.median(t) for name, t in times.items()}
     base = median.get(BASELINE)
-    return {
+    result = {
         "unet": {"parameters": sum(p.numel() for p in unet.parameters()), "sample_size": unet.config.sample_size},
         "batch": inputs.sample.shape[0],
         "threads": torch.get_num_threads(),
@@ -222,12 +235,40 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
                 "median_seconds": round(median[name], 4),
                 "min_seconds": round(min(times[name]), 4),
                 f"vs_{BASELINE}": None if base is None else round(median[name] / base, 3),
+                "rel_error_vs_fp32": round(errors[name], 5),
                 **build.get(name, {}),
             }
             for name in steps
         },
         "time_embedding_share_of_fp32_step": round(time_embedding_share(unet, inputs), 5),
     }
+    if any(name in openvino_peer.VARIANTS for name in steps):
+        result["peer"] = {**openvino_peer.versions(), **versus_peer(median)}
+    return result
+
+
+#: (mixdiff's variant, the peer's) compared step for step.
+PEER_PAIRS = {"bf16": ("bf16-compiled", "openvino-bf16"), "int8": ("int8-compiled", "openvino-int8")}
+
+
+def versus_peer(median: dict[str, float], steps: int = 50, k: int = 5) -> dict:
+    """mixdiff's steps over the peer's, and the denoising time of a ``steps``-step image for each
+    side and schedule (BF16, k BF16 steps at each end with INT8 between, INT8), composed
+    from the median steps (the same VAE decode and text encoder are left out of both)."""
+    out: dict = {"step_ratio": {}, "denoising_seconds": {}}
+    for precision, (ours, theirs) in PEER_PAIRS.items():
+        if ours in median and theirs in median:
+            out["step_ratio"][precision] = round(median[ours] / median[theirs], 3)
+    for side, (bf16, int8) in {"mixdiff": ("bf16-compiled", "int8-compiled"),
+                               "openvino": ("openvino-bf16", "openvino-int8")}.items():  # fmt: skip
+        if bf16 in median and int8 in median:
+            b, i = median[bf16], median[int8]
+            out["denoising_seconds"][side] = {
+                "bf16": round(steps * b, 2),
+                f"bf16/int8:{k}:{k}": round(2 * k * b + (steps - 2 * k) * i, 2),
+                "int8": round(steps * i, 2),
+            }
+    return out
 
 
 def cpu_model() -> str:
@@ -246,14 +287,17 @@ def markdown(result: dict) -> str:
         f"latents {result['unet']['sample_size']}x{result['unet']['sample_size']}, {result['threads']} threads, "
         f"torch {result['torch']}, {result['cpu']}, median of {result['rounds']} interleaved rounds.",
         "",
-        f"| variant | step (s, median) | step (s, min) | vs {BASELINE} | build (s) |",
-        "|---|---|---|---|---|",
+        f"| variant | step (s, median) | step (s, min) | vs {BASELINE} | error vs fp32 | build (s) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, v in result["variants"].items():
         ratio = "" if v[f"vs_{BASELINE}"] is None else f"{v[f'vs_{BASELINE}']:.2f}x"
         lines.append(
-            f"| {name} | {v['median_seconds']:.3f} | {v['min_seconds']:.3f} | {ratio} | {v['build_seconds']:.0f} |"
+            f"| {name} | {v['median_seconds']:.3f} | {v['min_seconds']:.3f} | {ratio} | "
+            f"{v['rel_error_vs_fp32']:.1e} | {v['build_seconds']:.0f} |"
         )
+    if "peer" in result:
+        lines += ["", *peer_markdown(result["peer"])]
     lines += ["", f"Time embedding: {100 * result['time_embedding_share_of_fp32_step']:.3f}% of an FP32 step."]
     if "vae_decode" in result:
         vae = result["vae_decode"]
@@ -270,6 +314,36 @@ def markdown(result: dict) -> str:
             *(f"| {name} | {v['median_seconds']:.2f} | {v['vs_fp32']:.2f}x |" for name, v in vae["precisions"].items()),
         ]
     return "\n".join(lines) + "\n"
+
+
+def peer_markdown(peer: dict) -> list[str]:
+    lines = [
+        f"Against OpenVINO {peer['openvino']} (NNCF {peer['nncf']}) on the same UNet, inputs and threads "
+        "(error: relative L2 against FP32, in the table above):",
+        "",
+        "| precision | mixdiff step / OpenVINO step |",
+        "|---|---|",
+        *(f"| {precision} | {ratio:.2f}x |" for precision, ratio in peer["step_ratio"].items()),
+    ]
+    denoising = peer["denoising_seconds"]
+    if denoising:
+        schedules = list(next(iter(denoising.values())))
+        lines += [
+            "",
+            "Denoising of a 50-step image, composed from the median steps (seconds; text encoder and VAE left out, "
+            "the same on both sides):",
+            "",
+            "| schedule | " + " | ".join(denoising) + " | mixdiff / OpenVINO | vs mixdiff bf16 |",
+            "|---|" + "---|" * (len(denoising) + 2),
+        ]
+        for schedule in schedules:
+            cells = " | ".join(f"{denoising[side][schedule]:.1f}" for side in denoising)
+            ours = denoising.get("mixdiff", {})
+            theirs = denoising.get("openvino", {})
+            ratio = f"{ours[schedule] / theirs[schedule]:.2f}x" if ours and theirs else ""
+            own = f"{ours[schedule] / ours['bf16']:.2f}x" if ours else ""
+            lines.append(f"| {schedule} | {cells} | {ratio} | {own} |")
+    return lines
 
 
 def write(result: dict, prefix: Path, render=markdown) -> tuple[Path, Path]:

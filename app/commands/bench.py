@@ -45,6 +45,13 @@ def register(subparsers) -> None:
         default=",".join(_VARIANTS),
         help=f"comma-separated, from: {', '.join(_VARIANTS)}",
     )
+    parser.add_argument(
+        "--peer",
+        choices=("openvino",),
+        default=None,
+        help="also time OpenVINO's BF16 and NNCF's INT8 on the same UNet, inputs and threads, interleaved with "
+        "mixdiff's variants, with each one's error against FP32 (the optional extra: pip install -e '.[peer]')",
+    )
     parser.add_argument("--service", action="store_true", help="benchmark the server end to end instead of one step")
     parser.add_argument("--work", type=Path, default=Path("runs/bench"), help="--service: where the model folder is kept")
     parser.add_argument("--steps", type=int, default=50, help="--service: denoising steps per generation")
@@ -61,6 +68,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"mixdiff bench: unknown variant(s) {', '.join(unknown) or '(none given)'}; "
               f"known: {', '.join(_VARIANTS)}", file=sys.stderr)
         return 2
+    if args.peer and args.service:
+        print("mixdiff bench: --peer times UNet steps; it does not go with --service", file=sys.stderr)
+        return 2
+    if args.peer:
+        from bench import openvino_peer
+
+        missing = openvino_peer.available()
+        if missing:
+            print(f"mixdiff bench: --peer openvino: {missing}", file=sys.stderr)
+            return 2
+        variants += [v for v in openvino_peer.VARIANTS if v not in variants]
     if args.rounds is None:
         args.rounds = 1 if args.service else 5
     if args.rounds < 1:

@@ -1,0 +1,90 @@
+"""OpenVINO running the same UNet on the same inputs: the peer ``mixdiff bench --peer openvino``
+times mixdiff's variants against.
+
+The UNet is converted with ``openvino.convert_model`` from the module and inputs mixdiff's
+variants are built from. ``openvino-bf16`` is OpenVINO's CPU plugin with
+``INFERENCE_PRECISION_HINT=bf16``. ``openvino-int8`` is ``nncf.quantize`` (A8W8: 8-bit
+weights per output channel, 8-bit activations per tensor; the transformer preset, without
+bias correction, as OpenVINO's own Stable Diffusion examples quantize their UNet), calibrated
+on the same random inputs at the same timesteps as mixdiff's INT8, run with BF16 for what
+stays unquantized. Both run with as many threads as torch, latency-tuned.
+
+An optional extra (``pip install -e ".[peer]"``): neither the server nor the tests need it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from quantization.graph import UNetGraph
+from quantization.inputs import UNetInputs
+
+#: The peer's variants, named as mixdiff's are.
+VARIANTS = ("openvino-bf16", "openvino-int8")
+
+
+def available() -> str | None:
+    """None if OpenVINO and NNCF import, else what to install."""
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name} is not installed: pip install -e '.[peer]'"
+    return None
+
+
+def versions() -> dict[str, str]:
+    import nncf
+    import openvino
+
+    return {"openvino": openvino.__version__.split("-")[0], "nncf": nncf.__version__}
+
+
+def _numpy(inputs: UNetInputs) -> list:
+    return [t.numpy() for t in inputs.args()]
+
+
+def steps(
+    unet: torch.nn.Module, inputs: UNetInputs, calibration: list[UNetInputs], variants
+) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, dict]]:
+    """A no-argument callable per peer variant running one step on ``inputs`` (returning the
+    output as a torch tensor), and what building each cost (seconds)."""
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+    }
+    args = _numpy(inputs)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model = ov.convert_model(UNetGraph(unet), example_input=inputs.args())
+    converted = time.perf_counter() - start
+    out: dict[str, Callable[[], torch.Tensor]] = {}
+    build: dict[str, dict] = {}
+    for name in variants:
+        start = time.perf_counter()
+        if name == "openvino-bf16":
+            compiled = core.compile_model(model, "CPU", config)
+        elif name == "openvino-int8":
+            dataset = nncf.Dataset(calibration, _numpy)
+            quantized = nncf.quantize(
+                model,
+                dataset,
+                subset_size=len(calibration),
+                model_type=nncf.ModelType.TRANSFORMER,
+                advanced_parameters=nncf.AdvancedQuantizationParameters(disable_bias_correction=True),
+            )
+            compiled = core.compile_model(quantized, "CPU", config)
+        else:
+            raise ValueError(f"unknown peer variant {name!r}; known: {', '.join(VARIANTS)}")
+        compiled(args)  # the first inference allocates
+        out[name] = lambda c=compiled: torch.from_numpy(c(args)[0].copy())
+        build[name] = {"build_seconds": round(converted + time.perf_counter() - start, 2)}
+    return out, build
