@@ -12,11 +12,13 @@ jobs back to a shared queue that idle replicas take from; every replica renews a
 (``job_lease``), and when one stops renewing it, another fails its running job with a
 clear reason and hands its queued jobs on.
 
-Keys, under ``mixdiff:``: ``job:{id}`` (the record, JSON), ``job:{id}:request`` (what
-to run, for a replica that takes it over), ``job:{id}:events`` (stream),
-``job:{id}:images`` (PNGs), ``queue`` (job ids handed back), ``replicas`` (set),
-``replica:{id}`` (lease, with its queue length), ``replica:{id}:jobs`` (its jobs);
-channel ``cancel``. Finished jobs expire after ``job_ttl``.
+Keys, under ``mixdiff:``: ``job:{id}`` (the record, JSON), ``job:{id}:owner`` (the
+replica that may write the job, watched in every write), ``job:{id}:request`` (what to
+run, for a replica that takes it over), ``job:{id}:events`` (stream), ``job:{id}:images``
+(PNGs), ``job:{id}:cancel`` (a cancel asked), ``queue`` (job ids handed back),
+``replicas`` (set), ``replica:{id}`` (lease, with its queue length), ``replica:{id}:jobs``
+(its jobs), ``reaping:{id}`` (who ends a gone replica's jobs); channel ``cancel``.
+Finished jobs expire after ``job_ttl``.
 """
 
 from __future__ import annotations
