@@ -178,21 +178,23 @@ class RedisBoard:
     async def admitted(self, job: Job) -> None:
         """Record a job this replica admitted; ``StoreUnavailable`` if Redis cannot take it
         (at once while earlier writes wait for Redis), and the job is then dropped here too."""
-        done = asyncio.get_running_loop().create_future()
-        if not self._failing:
+        if self._failing:
+            error = self._unavailable(ConnectionError("earlier changes are still waiting to be written"))
+        else:
+            done = asyncio.get_running_loop().create_future()
             self._watch(job, request=self._request(job), done=done)
             try:
                 await done
                 return
-            except StoreUnavailable:
-                pass
+            except StoreUnavailable as exc:
+                error = exc
         self._dropped[job.id] = None
         while len(self._dropped) > 1024:
             del self._dropped[next(iter(self._dropped))]
         job.watchers.clear()
         self.pool.cancel(job)
         self.jobs.forget(job)
-        raise self._unavailable(ConnectionError("earlier changes are still waiting to be written"))
+        raise error
 
     def _request(self, job: Job) -> dict:
         params = asdict(job.params)
@@ -202,10 +204,9 @@ class RedisBoard:
         self._writes.put_nowait(_Write(job.id, self._record(job), request=request, done=done))
         job.watchers.append(self._changed)
 
-    def _record(self, job: Job, replica: str | None = "") -> dict:
-        record = job_view(job, images=False)
-        record["replica"] = self.replica if replica == "" else replica
-        return record
+    def _record(self, job: Job) -> dict:
+        """The job as stored: its view, and this replica as its owner."""
+        return {**job_view(job, images=False), "replica": self.replica}
 
     def _changed(self, job: Job, event: str | None, data: dict | None) -> None:
         images = job.result.images if event == "completed" and job.result else None
@@ -222,7 +223,7 @@ class RedisBoard:
         shutdown, for any taken over since SIGTERM)."""
         for job in self.pool.release_queued():
             job.watchers.clear()
-            self._writes.put_nowait(_Write(job.id, self._record(job, replica=None), hand_back=True))
+            self._writes.put_nowait(_Write(job.id, {**self._record(job), "replica": None}, hand_back=True))
             log.info("handed job %s back to the shared queue", job.id)
 
     async def _write_loop(self) -> None:
