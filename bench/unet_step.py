@@ -144,6 +144,11 @@ def interleaved(steps: dict[str, Callable], rounds: int, warmup: int = 1) -> dic
     return times
 
 
+def rel_error(output: torch.Tensor, reference: torch.Tensor) -> float:
+    """Relative L2 error of ``output`` against ``reference``."""
+    return float((output.float() - reference).norm() / reference.norm())
+
+
 def against_reference(calls: dict[str, Callable], reference: torch.Tensor, rounds: int) -> dict[str, dict]:
     """Per call: its median milliseconds over ``rounds`` interleaved rounds, and the relative
     L2 error of its output against ``reference``."""
@@ -151,7 +156,7 @@ def against_reference(calls: dict[str, Callable], reference: torch.Tensor, round
     return {
         name: {
             "ms": 1000 * statistics.median(times[name]),
-            "rel_error": float((call().float() - reference).norm() / reference.norm()),
+            "rel_error": rel_error(call(), reference),
         }
         for name, call in calls.items()
     }
@@ -219,7 +224,7 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
         reference = UNetGraph(unet)(*inputs.args()).float()  # before any variant touches ``unet``
         steps, build = _steps(unet, variants, inputs, Path(work))
         times = interleaved(steps, rounds, warmup)
-        errors = {name: float((step().float() - reference).norm() / reference.norm()) for name, step in steps.items()}
+        errors = {name: rel_error(step(), reference) for name, step in steps.items()}
     median = {name: statistics.median(t) for name, t in times.items()}
     base = median.get(BASELINE)
     result = {
