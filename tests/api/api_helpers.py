@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +17,26 @@ import pytest
 
 #: Seconds a worker may take to load the tiny pipeline on a busy CI machine.
 READY_WITHIN = 300
+#: Where ``make test-tools`` unpacks the Debian packages the tests drive.
+TOOLS = Path(__file__).resolve().parents[2] / ".tools"
+
+
+def debian_tool(folder: str, program: str, *installed: str) -> tuple[str, dict[str, str]] | None:
+    """``program`` (a path inside the package) of the Debian package ``make test-tools`` unpacked
+    into ``.tools/FOLDER``, with an environment whose library path holds the libraries unpacked
+    beside it; else the first of ``installed`` on PATH; None if neither is there."""
+    root = TOOLS / folder
+    if (root / program).exists():
+        directories = [
+            str(directory)
+            for lib in sorted((root / "usr" / "lib").glob("*-linux-gnu"))
+            for directory in (lib, *sorted(path for path in lib.iterdir() if path.is_dir()))
+        ]
+        given = os.environ.get("LD_LIBRARY_PATH")
+        library_path = os.pathsep.join([*directories, *filter(None, [given])])
+        return str(root / program), {**os.environ, "LD_LIBRARY_PATH": library_path}
+    found = next(filter(None, map(shutil.which, installed)), None)
+    return (found, dict(os.environ)) if found else None
 
 
 def wait_until(predicate, within: float, what: str, every: float = 0.1):

@@ -9,28 +9,17 @@ with a split schedule in the page and saves the page.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from api_helpers import running_server
+from api_helpers import debian_tool, running_server
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-
-_UNPACKED = Path(__file__).resolve().parents[2] / ".tools" / "chromium"
 
 
 def chromium() -> tuple[str, dict[str, str]] | None:
     """The headless Chromium's path and the environment it runs in, or None if there is none."""
-    unpacked = _UNPACKED / "usr" / "lib" / "chromium" / "chromium-headless-shell"
-    if unpacked.exists():
-        libraries = [str(path) for path in sorted((_UNPACKED / "usr" / "lib").glob("*-linux-gnu*")) if path.is_dir()]
-        libraries += [f"{path}/pulseaudio" for path in libraries]
-        given = os.environ.get("LD_LIBRARY_PATH")
-        return str(unpacked), {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join([*libraries, *filter(None, [given])])}
-    installed = shutil.which("chromium-headless-shell") or shutil.which("chromium")
-    return (installed, dict(os.environ)) if installed else None
+    return debian_tool("chromium", "usr/lib/chromium/chromium-headless-shell", "chromium-headless-shell", "chromium")
 
 
 @contextmanager

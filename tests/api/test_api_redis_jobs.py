@@ -5,8 +5,6 @@ clearly and its queued jobs run elsewhere; Redis going away is a 503 on job rout
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,9 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import free_port, running_server, wait_until
+from api_helpers import debian_tool, free_port, running_server, wait_until
 
-_UNPACKED = Path(__file__).resolve().parents[2] / ".tools" / "redis"
 #: A short lease, so that a killed replica is noticed within seconds.
 LEASE = 2
 
@@ -27,14 +24,10 @@ class RedisServer:
     """A redis-server on a loopback port, without persistence; stop and start again on the same port."""
 
     def __init__(self, log: Path):
-        unpacked = _UNPACKED / "usr" / "bin" / "redis-server"
-        if unpacked.exists():
-            libraries = [str(path) for path in (_UNPACKED / "usr" / "lib").glob("*-linux-gnu") if path.is_dir()]
-            self.binary, self.env = str(unpacked), {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(libraries)}
-        elif shutil.which("redis-server"):
-            self.binary, self.env = shutil.which("redis-server"), dict(os.environ)
-        else:
+        found = debian_tool("redis", "usr/bin/redis-server", "redis-server")
+        if found is None:
             pytest.skip("no redis-server: make test-tools unpacks Debian's redis-server into .tools/")
+        self.binary, self.env = found
         self.port, self.log, self.process = free_port(), log, None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
