@@ -13,9 +13,8 @@ updates the student on
 (``target`` is the noise or the velocity, as the model predicts). Then the student is
 converted (``convert_pt2e``) and goes through the same packaging as every method.
 
-The training latents come from a ``TrainingData``: images with captions, encoded by the
-model's own VAE and text encoder (``Images``, ``ImageFolder``), or, data-free, latents
-the FP32 model generates from prompts (``GeneratedLatents``). Training is deterministic
+The training latents come from one of ``common.training``'s sources (data set, image
+folder, or data-free latents the FP32 model generates). Training is deterministic
 for a seed, writes a checkpoint every ``checkpoint_every`` steps and a line per step to
 ``loss.jsonl`` in ``work``, and ``resume`` continues from the last checkpoint there.
 """
@@ -25,10 +24,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -37,6 +35,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.training import (
+    CHECKPOINT,
+    LOSS_LOG,
+    GeneratedLatents,
+    Images,
+    TrainingState,
+    clock,
+    embed,
+    last_record,
+    lr_factor,
+    truncate_log,
+)
 from quantization.calibration import NORMAL_MEAN, NORMAL_STD
 from quantization.graph import drop_tensor_metadata_asserts
 from quantization.inputs import BATCH, run_in_batches
@@ -46,110 +56,6 @@ from quantization.methods.ptq import make_quantizer
 log = logging.getLogger(__name__)
 
 TIMESTEP_LAWS = ("uniform", "normal")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-CHECKPOINT = "checkpoint.pt"
-LOSS_LOG = "loss.jsonl"
-
-
-# 1. training data -----------------------------------------------------------------------
-
-
-class Images:
-    """Images with captions from a function ``load(n) -> (uint8 images (n, h, w, 3), captions)``."""
-
-    def __init__(self, load: Callable[[int], tuple[np.ndarray, list[str]]], description: str):
-        self.load, self.description = load, description
-
-    def latents(self, pipe, n: int) -> tuple[torch.Tensor, list[str]]:
-        images, captions = self.load(n)
-        return _encode_images(pipe, images), list(captions)
-
-
-class ImageFolder(Images):
-    """A folder of images, each with its caption in a ``.txt`` file of the same name; checked
-    when made, so a missing caption fails before any work is done."""
-
-    def __init__(self, folder: Path):
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise ValueError(f"training data folder {folder} does not exist")
-        self.pairs = []
-        for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            text = image.with_suffix(".txt")
-            if not text.is_file():
-                raise ValueError(f"image {image.name} in {folder} has no caption file {text.name}")
-            caption = text.read_text().strip()
-            if not caption:
-                raise ValueError(f"caption file {text.name} in {folder} is empty")
-            self.pairs.append((image, caption))
-        if not self.pairs:
-            raise ValueError(f"training data folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        super().__init__(self._load, f"{len(self.pairs)} images with captions from {folder.name}/")
-        self.size: int | None = None  # pixels per side, set by ``latents`` from the model
-
-    def _load(self, n: int) -> tuple[np.ndarray, list[str]]:
-        from PIL import Image
-
-        chosen = [self.pairs[i % len(self.pairs)] for i in range(n)]
-        images = []
-        for path, _ in chosen:
-            with Image.open(path) as image:
-                images.append(np.asarray(image.convert("RGB").resize((self.size, self.size), Image.BICUBIC)))
-        return np.stack(images), [caption for _, caption in chosen]
-
-    def latents(self, pipe, n: int) -> tuple[torch.Tensor, list[str]]:
-        self.size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        return super().latents(pipe, n)
-
-
-class GeneratedLatents:
-    """Data-free: the latents the FP32 pipeline itself generates from ``prompts`` (cycled),
-    one seed each."""
-
-    def __init__(self, prompts: Sequence[str], steps: int = 50, guidance_scale: float = 5.0, seed: int = 0):
-        if not prompts:
-            raise ValueError("data-free training needs at least one prompt")
-        self.prompts, self.steps, self.guidance_scale, self.seed = list(prompts), steps, guidance_scale, seed
-        self.description = f"latents the FP32 model generated from {len(self.prompts)} prompts, {steps} steps"
-
-    @torch.no_grad()
-    def latents(self, pipe, n: int, batch: int = 16) -> tuple[torch.Tensor, list[str]]:
-        captions = [self.prompts[i % len(self.prompts)] for i in range(n)]
-        out = []
-        for start in range(0, n, batch):
-            chunk = captions[start : start + batch]
-            generators = [torch.Generator().manual_seed(self.seed + start + i) for i in range(len(chunk))]
-            result = pipe(
-                chunk,
-                num_inference_steps=self.steps,
-                guidance_scale=self.guidance_scale,
-                generator=generators,
-                output_type="latent",
-            )
-            out.append(result.images.float())
-            log.info("generated %d/%d training latents", min(start + batch, n), n)
-        return torch.cat(out), captions
-
-
-def _encode_images(pipe, images: np.ndarray, batch: int = 64) -> torch.Tensor:
-    """Scaled latent means of uint8 ``images`` (n, h, w, 3), as the UNet sees them."""
-    expected = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    if images.shape[1:3] != (expected, expected):
-        raise ValueError(f"training images are {images.shape[2]}x{images.shape[1]} px; this model draws {expected}x{expected}")
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch):
-            x = torch.from_numpy(images[start : start + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            out.append(pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor)
-    return torch.cat(out).float()
-
-
-@torch.no_grad()
-def _embed(pipe, captions: Sequence[str], batch: int = 256) -> torch.Tensor:
-    """Text-encoder states of ``captions``, as the pipeline computes them."""
-    return torch.cat(
-        [pipe.encode_prompt(list(captions[i : i + batch]), "cpu", 1, False)[0] for i in range(0, len(captions), batch)]
-    ).float()
 
 
 # 2. the student and what it is taught with ----------------------------------------------
@@ -286,14 +192,6 @@ def trainable(student: torch.fx.GraphModule) -> list[torch.nn.Parameter]:
     return params
 
 
-def _lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` x the peak rate."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def _draw_timesteps(law: str, n: int, rng: np.random.Generator, T: int) -> torch.Tensor:
     if law == "uniform":
         t = rng.integers(0, T, size=n)
@@ -381,6 +279,8 @@ class QATConfig:
 
         if context.timestep_groups > 1:
             raise ValueError("qat trains one set of activation ranges: use --timestep-groups 1")
+        if context.batch != BATCH:
+            raise ValueError("qat trains on guided pairs: calibrate with guidance above 1 (--guidance-scale)")
         key = tuple(fallback)
         if key not in self._trained:
             self._trained[key] = self.train(graph, fallback, calibration, context.pipe)
@@ -436,7 +336,7 @@ class QATConfig:
         # 1. training latents and their captions' text states, computed once
         start = time.perf_counter()
         latents, captions = self.data.latents(pipe, self.data_size)
-        states, empty = _embed(pipe, captions), _embed(pipe, [""])
+        states, empty = embed(pipe, captions), embed(pipe, [""])
         data_seconds = time.perf_counter() - start
         log.info("qat: %d training latents (%s) in %.0f s", len(latents), self.data.description, data_seconds)
 
@@ -444,18 +344,18 @@ class QATConfig:
         student = self.make_student(graph, fallback, calibration)
         params = trainable(student)
         optimizer = torch.optim.AdamW(params, lr=self.lr, betas=(0.9, 0.999), weight_decay=0.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, self.warmup, self.train_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, self.warmup, self.train_steps))
         ema = [p.detach().clone() for p in params] if self.ema else None
 
         # 3. resume
         generator = torch.Generator().manual_seed(self.seed)
-        state = _TrainingState(student, optimizer, scheduler, ema, rng, generator)
+        state = TrainingState(student, optimizer, scheduler, ema, rng, generator)
         self.work.mkdir(parents=True, exist_ok=True)
         checkpoint_path, loss_log = self.work / CHECKPOINT, self.work / LOSS_LOG
         first, seconds_before = 0, 0.0
         if self.resume:
             first, seconds_before = state.load(checkpoint_path)
-            _truncate_log(loss_log, first)  # steps logged after the checkpoint are run again
+            truncate_log(loss_log, first)  # steps logged after the checkpoint are run again
             log.info("qat: resumed at step %d from %s", first, checkpoint_path)
         elif loss_log.exists():
             loss_log.unlink()
@@ -509,7 +409,7 @@ class QATConfig:
                 log.info(
                     "qat %5d/%d  loss %.5f  denoise %.5f  kd %.6f  feature %.4f  lr %.2e  %s elapsed, eta %s",
                     done, self.train_steps, totals["loss"], totals["denoise"], totals["kd"], totals["feature_kd"],
-                    record["lr"], _clock(seconds_before + elapsed), _clock(eta),
+                    record["lr"], clock(seconds_before + elapsed), clock(eta),
                 )  # fmt: skip
             if done % self.checkpoint_every == 0 and done < self.train_steps:
                 state.save(checkpoint_path, done, seconds_before + elapsed, self.recipe()["training"])
@@ -526,70 +426,6 @@ class QATConfig:
             "train_seconds": round(seconds_before + time.perf_counter() - started, 1),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "data_seconds": round(data_seconds, 1),
-            "last_step": _last_record(loss_log),
+            "last_step": last_record(loss_log),
         }
         return student
-
-
-@dataclass
-class _TrainingState:
-    """Everything a training run carries from one step to the next, saved in a checkpoint."""
-
-    student: torch.fx.GraphModule
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: list[torch.Tensor] | None
-    rng: np.random.Generator  # batches, caption dropout, timesteps
-    generator: torch.Generator  # noise
-
-    def save(self, path: Path, step: int, seconds: float, config: dict) -> None:
-        """Write the state after ``step`` to ``path`` (whole or not at all)."""
-        staged = path.with_suffix(".tmp")
-        torch.save(
-            {
-                "step": step,
-                "seconds": seconds,
-                "config": config,
-                "student": self.student.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "ema": self.ema,
-                "rng": self.rng.bit_generator.state,
-                "generator": self.generator.get_state(),
-            },
-            staged,
-        )
-        staged.replace(path)
-
-    def load(self, path: Path) -> tuple[int, float]:
-        """Restore the state saved at ``path``; the step it was saved after and the seconds trained until then."""
-        if not path.is_file():
-            raise ValueError(f"--resume: no checkpoint {path}; run without --resume to start anew")
-        saved = torch.load(path, weights_only=False)
-        self.student.load_state_dict(saved["student"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        if self.ema is not None and saved["ema"] is not None:
-            for e, value in zip(self.ema, saved["ema"]):
-                e.copy_(value)
-        self.rng.bit_generator.state = saved["rng"]
-        self.generator.set_state(saved["generator"])
-        return saved["step"], saved["seconds"]
-
-
-def _truncate_log(loss_log: Path, step: int) -> None:
-    """Keep the loss log's lines up to ``step``."""
-    if loss_log.is_file():
-        lines = [line for line in loss_log.read_text().splitlines() if json.loads(line)["step"] <= step]
-        loss_log.write_text("".join(line + "\n" for line in lines))
-
-
-def _last_record(loss_log: Path) -> dict | None:
-    """The last line of the loss log."""
-    lines = loss_log.read_text().splitlines() if loss_log.is_file() else []
-    return json.loads(lines[-1]) if lines else None
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -13,6 +13,7 @@ from artifact_helpers import OPTIONS, PROMPTS, rel_mse, run_in_fresh_process
 from PIL import Image
 
 from app.cli import main
+from common.training import LOSS_LOG, GeneratedLatents, ImageFolder, Images, embed
 from quantization.build import BuildContext, build_artifact
 from quantization.graph import export_unet
 from quantization.inputs import BATCH
@@ -31,7 +32,7 @@ def _random_images(n: int) -> tuple[np.ndarray, list[str]]:
 
 def _config(work, **overrides) -> qat.QATConfig:
     settings = dict(
-        data=qat.Images(_random_images, "random images"),
+        data=Images(_random_images, "random images"),
         data_size=2,
         train_steps=12,
         batch=BATCH,
@@ -56,7 +57,7 @@ def _fixed_batch(pipe, config: qat.QATConfig):
     arguments, and the noise the tiny pipeline's UNet predicts."""
     latents, captions = config.data.latents(pipe, config.data_size)
     t = torch.tensor([100, 300, 500, 700])
-    latents, states = latents.repeat(2, 1, 1, 1), qat._embed(pipe, captions).repeat(2, 1, 1)
+    latents, states = latents.repeat(2, 1, 1, 1), embed(pipe, captions).repeat(2, 1, 1)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
     return (pipe.scheduler.add_noise(latents, noise, t), t.float(), states), noise
 
@@ -82,7 +83,7 @@ def test_training_steps_bring_the_student_closer_to_the_teacher(tiny_pipe, calib
 
 def test_the_training_loop_logs_every_step(tiny_pipe, calibration_split, graph, tmp_path):
     _config(tmp_path, train_steps=3).train(graph, [], calibration_split[0], tiny_pipe)
-    log = [json.loads(line) for line in (tmp_path / qat.LOSS_LOG).read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / LOSS_LOG).read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
     assert all(r["loss"] == r["kd"] > 0 and r["lr"] > 0 for r in log)  # kd alone: denoise_weight 0
 
@@ -92,7 +93,7 @@ def test_guided_distillation_trains_on_cfg_pairs_and_compares_their_guided_outpu
 ):
     assert torch.equal(qat._guided(torch.tensor([[1.0], [3.0]]), 4.0), torch.tensor([[9.0]]))  # 1 + 4 (3 - 1)
     _config(tmp_path, guidance=4.0, train_steps=2).train(graph, [], calibration_split[0], tiny_pipe)
-    log = [json.loads(line) for line in (tmp_path / qat.LOSS_LOG).read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / LOSS_LOG).read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(r["kd"] > 0 for r in log)
 
 
@@ -119,12 +120,12 @@ def test_a_qat_artifact_loads_in_a_fresh_process_and_computes_the_trained_studen
 def test_resume_continues_where_the_checkpoint_stopped(tiny_pipe, calibration_split, graph, tmp_path):
     calibration, _ = calibration_split
     whole = _config(tmp_path, train_steps=4, checkpoint_every=2).train(graph, [], calibration, tiny_pipe)
-    whole_log = (tmp_path / qat.LOSS_LOG).read_text().splitlines()
+    whole_log = (tmp_path / LOSS_LOG).read_text().splitlines()
     # The run stopped after step 2's checkpoint (the log may have gone further); resume it.
     resumed = _config(tmp_path, train_steps=4, checkpoint_every=2, resume=True).train(
         graph, [], calibration, tiny_pipe
     )
-    resumed_log = (tmp_path / qat.LOSS_LOG).read_text().splitlines()
+    resumed_log = (tmp_path / LOSS_LOG).read_text().splitlines()
 
     def losses(lines):
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
@@ -152,10 +153,10 @@ def _folder(tmp_path, n: int, size: int = 40):
 @pytest.mark.parametrize("source", ["images", "folder", "generated", "shapes"])
 def test_every_data_source_gives_latents_of_the_models_shape(tiny_pipe, tmp_path, source):
     data = {
-        "images": lambda: qat.Images(_random_images, "random images"),
-        "folder": lambda: qat.ImageFolder(_folder(tmp_path, 2)),  # 40 px, resized to the model's 64
-        "generated": lambda: qat.GeneratedLatents(["a red circle", "a blue square"], steps=2),
-        "shapes": lambda: qat.Images(lambda n: dataset.examples(n, dataset.QAT_SEED), "shapes"),
+        "images": lambda: Images(_random_images, "random images"),
+        "folder": lambda: ImageFolder(_folder(tmp_path, 2)),  # 40 px, resized to the model's 64
+        "generated": lambda: GeneratedLatents(["a red circle", "a blue square"], steps=2),
+        "shapes": lambda: Images(lambda n: dataset.examples(n, dataset.QAT_SEED), "shapes"),
     }[source]()
     latents, captions = data.latents(tiny_pipe, 3)
     unet = tiny_pipe.unet.config
@@ -165,7 +166,7 @@ def test_every_data_source_gives_latents_of_the_models_shape(tiny_pipe, tmp_path
 
 
 def test_images_of_the_wrong_size_are_refused(tiny_pipe):
-    wrong = qat.Images(lambda n: (np.zeros((n, 32, 32, 3), np.uint8), ["x"] * n), "small images")
+    wrong = Images(lambda n: (np.zeros((n, 32, 32, 3), np.uint8), ["x"] * n), "small images")
     with pytest.raises(ValueError, match="training images are 32x32 px; this model draws 64x64"):
         wrong.latents(tiny_pipe, 2)
 
