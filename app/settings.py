@@ -72,7 +72,11 @@ class Settings(BaseSettings):
         description="run the bf16 UNet's attention with mixdiff's fused kernel (kernels/; faster than SDPA on an "
         "AVX-512 BF16 CPU: docs/KERNELS.md) rather than PyTorch's SDPA. int8 artifacts have theirs built in",
     )
-    default_scheduler: str = Field("ddim", description="scheduler of requests that name none")
+    default_scheduler: str | None = Field(
+        None,
+        description="scheduler of requests that name none; unset: the model's own (its mixdiff.json, so a "
+        "distilled model samples as it was distilled), else ddim",
+    )
     vae_precision: Literal["fp32", "bf16"] = Field(
         "bf16",
         description="what the VAE decodes images in: bf16 takes a fraction of fp32's time "

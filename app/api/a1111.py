@@ -80,6 +80,7 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> dict:
             n=body.batch_size,
             scheduler=scheduler,
             precision=body.precision,
+            decoder=None,
         )
         params, schedule = to_job(job_request, state.settings, model)
         job = state.pool.submit(endpoint(request), params, schedule)

@@ -4,9 +4,9 @@ Routes declare the errors they can answer with ``errors(...)``: one body schema,
 ``ErrorBody``, whose ``type`` is the enum of every error type. ``install`` replaces
 FastAPI's schema builder with one that writes the limits of the running server into
 the request schemas: ``max_steps``, ``max_images`` and the size bounds from the
-settings, and, once a worker has loaded the model, its sizes, precisions and
-schedulers as enums. Before the model is loaded the schema lacks those enums and is
-rebuilt on the next request; after, it is built once.
+settings, and, once a worker has loaded the model, its sizes, precisions,
+schedulers and decoders as enums. Before the model is loaded the schema lacks those
+enums and is rebuilt on the next request; after, it is built once.
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ def _limit_request(schema: dict, settings: Settings, model, sizes: list[int] | N
             _branch(props[name], "string")["enum"] = list(a1111_samplers(model.schedulers))
     if "scheduler" in props:
         _branch(props["scheduler"], "string")["enum"] = list(model.schedulers)
+    if "decoder" in props:
+        _branch(props["decoder"], "string")["enum"] = list(model.info["decoders"])
     _branch(precision, "string")["enum"] = list(model.precisions)
     lists["items"]["enum"] = list(model.precisions)
 

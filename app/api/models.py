@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 
 from app.api.contract import errors
 from app.api.guard import GuardedRoute
-from app.api.submit import default_precision, served_sizes
+from app.api.submit import default_precision, default_scheduler, served_sizes
 from app.errors import NotFound
 
 router = APIRouter(prefix="/v1", tags=["models"], route_class=GuardedRoute, responses=errors(401, 503))
@@ -37,7 +37,8 @@ def _model(request: Request) -> dict:
         "unavailable": info["unavailable"],
         "schedulers": model.schedulers,
         "default_precision": default_precision(state.settings, model),
-        "default_scheduler": state.settings.default_scheduler,
+        "default_scheduler": default_scheduler(state.settings, model),
+        "decoders": info["decoders"],
     }
 
 

@@ -46,10 +46,15 @@ class GenerationFields(BaseModel):
     )
     scheduler: str | None = Field(
         None,
-        description="ddim, pndm, euler, euler_a, dpmpp or lms, as GET /v1/models lists them for the model; "
-        "default: the server's default_scheduler",
+        description="ddim, pndm, euler, euler_a, dpmpp, lms, or for few-step models lcm, tcd, euler_a_trailing, "
+        "as GET /v1/models lists them for the model; default: its default_scheduler",
     )
     precision: PrecisionSpec | None = None
+    decoder: Literal["full", "tiny"] | None = Field(
+        None,
+        description="what turns the latents into pixels: the model's VAE (full) or its tiny decoder (tiny: "
+        "TAESD-style, several times faster, slightly softer), where GET /v1/models lists it; default: the model's",
+    )
 
 
 _SIZE = "pixels, a multiple of 8, one of the model's sizes where it declares them (GET /v1/models); default: its own"
@@ -85,7 +90,8 @@ class ImageGenerationRequest(GenerationFields):
 
 #: AUTOMATIC1111's sampler names of mixdiff's schedulers.
 SAMPLER_NAMES = {
-    "DDIM": "ddim", "PLMS": "pndm", "Euler": "euler", "Euler a": "euler_a", "DPM++ 2M": "dpmpp", "LMS": "lms"
+    "DDIM": "ddim", "PLMS": "pndm", "Euler": "euler", "Euler a": "euler_a", "DPM++ 2M": "dpmpp", "LMS": "lms",
+    "LCM": "lcm", "TCD": "tcd",
 }
 
 

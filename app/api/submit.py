@@ -46,6 +46,7 @@ class JobRequest:
     n: int
     scheduler: str | None
     precision: PrecisionSpec | None
+    decoder: str | None
 
     @classmethod
     def of(cls, body: GenerateRequest | ImageGenerationRequest, width: int | None, height: int | None) -> JobRequest:
@@ -94,6 +95,11 @@ def default_precision(settings: Settings, model: LoadedModel) -> PrecisionSpec:
     return spec
 
 
+def default_scheduler(settings: Settings, model: LoadedModel) -> str:
+    """The scheduler of a request that names none: the settings', else the model's own."""
+    return settings.default_scheduler or model.info["defaults"]["scheduler"]
+
+
 def _steps(job: JobRequest, settings: Settings, model: LoadedModel) -> int:
     """The request's step count: as asked, as many as its per-step precision list, or the model's own."""
     if isinstance(job.precision, list):
@@ -122,10 +128,16 @@ def to_job(job: JobRequest, settings: Settings, model: LoadedModel) -> tuple[Gen
     steps = _steps(job, settings, model)
     if job.n > settings.max_images:
         raise InvalidRequest(f"n must be at most {settings.max_images}, got {job.n}", param="n")
-    scheduler = job.scheduler or settings.default_scheduler
+    scheduler = job.scheduler or default_scheduler(settings, model)
     if scheduler not in model.schedulers:
         raise InvalidRequest(
             f"unknown scheduler {scheduler!r}; available: {', '.join(model.schedulers)}", param="scheduler"
+        )
+    decoder = job.decoder or defaults["decoder"]
+    if decoder not in model.info["decoders"]:
+        raise InvalidRequest(
+            f"decoder {decoder!r} is not offered for this model; it has: {', '.join(model.info['decoders'])}",
+            param="decoder",
         )
     spec = job.precision if job.precision is not None else default_precision(settings, model)
     schedule = resolve(spec, steps, model.precisions, model.info.get("unavailable"))
@@ -139,6 +151,7 @@ def to_job(job: JobRequest, settings: Settings, model: LoadedModel) -> tuple[Gen
         seed=job.seed if job.seed is not None else secrets.randbelow(2**32),
         n=job.n,
         scheduler=scheduler,
+        decoder=decoder,
     )
     return params, schedule
 

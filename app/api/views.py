@@ -25,6 +25,7 @@ def job_view(job: Job, *, images: bool = True) -> dict:
         "height": job.params.height,
         "guidance_scale": job.params.guidance_scale,
         "scheduler": job.params.scheduler,
+        "decoder": job.params.decoder,
         "schedule": job.schedule,
         "steps_done": len(job.steps),
         "steps_total": job.params.steps,

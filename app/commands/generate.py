@@ -32,7 +32,15 @@ def register(subparsers) -> None:
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the model's (7.5 unless its "
                         "folder's mixdiff.json says otherwise)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same image")
-    parser.add_argument("--scheduler", default="ddim", help="the sampler, one the model lists")
+    parser.add_argument(
+        "--scheduler", default=None, help="the sampler, one the model lists; default: the model's (else ddim)"
+    )
+    parser.add_argument(
+        "--decoder",
+        choices=("full", "tiny"),
+        default=None,
+        help="the VAE, or the model's tiny decoder (its vae_tiny/); default: the model's (else full)",
+    )
     parser.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the UNets"
     )
@@ -86,9 +94,14 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # a missing or unsupported model folder
         print(f"mixdiff generate: {exc}", file=sys.stderr)
         return 2
-    if args.scheduler not in pipeline.schedulers:
+    scheduler = args.scheduler or pipeline.info.defaults["scheduler"]
+    decoder = args.decoder or pipeline.info.defaults["decoder"]
+    if scheduler not in pipeline.schedulers:
         available = ", ".join(pipeline.schedulers)
-        print(f"mixdiff generate: unknown scheduler {args.scheduler!r}; available: {available}", file=sys.stderr)
+        print(f"mixdiff generate: unknown scheduler {scheduler!r}; available: {available}", file=sys.stderr)
+        return 2
+    if decoder not in pipeline.info.decoders:
+        print(f"mixdiff generate: this model has no {decoder} decoder (no vae_tiny/)", file=sys.stderr)
         return 2
     steps = pipeline.info.defaults["steps"] if args.steps is None else args.steps
     guidance = pipeline.info.defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
@@ -106,9 +119,13 @@ def run(args: argparse.Namespace) -> int:
         steps=steps,
         guidance_scale=guidance,
         seed=args.seed,
-        scheduler=args.scheduler,
+        scheduler=scheduler,
+        decoder=decoder,
     )
-    print(f"{pipeline.info.name}: {steps} steps, guidance {guidance}, schedule {describe(schedule)}")
+    print(
+        f"{pipeline.info.name}: {steps} steps of {scheduler}, guidance {guidance}, schedule {describe(schedule)}, "
+        f"{decoder} decoder"
+    )
     def on_step(step) -> None:
         print(f"step {step.index:3d}  {step.precision:>6}  {step.seconds:.3f} s", flush=True)
 

@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 _FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 #: A model folder's own mixdiff file: ``{"defaults": {"steps": 50, "guidance_scale": 5.0}, "sizes": [512]}``.
 SETTINGS_FILE = "mixdiff.json"
+#: A model folder's optional tiny decoder (TAESD-style), beside its VAE.
+TINY_DECODER = "vae_tiny"
+#: What may turn latents into pixels: the VAE, or the tiny decoder where the folder has one.
+DECODERS = ("full", "tiny")
 
 
 class ModelLoadError(RuntimeError):
@@ -72,15 +76,23 @@ def _model_file(path: Path | None) -> dict:
 
 
 def generation_defaults(path: Path | None) -> dict:
-    """The steps, guidance scale and precision schedule of a request that names none: the
-    ``"defaults"`` of the folder's ``mixdiff.json`` where it has one, mixdiff's own (30 steps,
-    guidance 7.5, bf16) otherwise.
+    """The steps, guidance scale, precision schedule, scheduler and decoder of a request that
+    names none: the ``"defaults"`` of the folder's ``mixdiff.json`` where it has one, mixdiff's
+    own (30 steps, guidance 7.5, bf16, ddim, the full VAE) otherwise.
 
-    A model whose images want another guidance (a small or distilled one) says so there, and
-    a model that ships INT8 artifacts may name the schedule its requests run by default
-    (``"precision": {"high": "bf16", "low": "int8", "first": 5, "last": 5}``).
+    A model whose images want another guidance (a small or distilled one) says so there, a
+    model that ships INT8 artifacts may name the schedule its requests run by default
+    (``"precision": {"high": "bf16", "low": "int8", "first": 5, "last": 5}``), and a
+    distilled one its scheduler and steps (``"scheduler": "lcm", "steps": 4``). Whether the
+    scheduler can sample the model and the decoder exists is checked once it is loaded.
     """
-    defaults: dict = {"steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE_SCALE, "precision": "bf16"}
+    defaults: dict = {
+        "steps": DEFAULT_STEPS,
+        "guidance_scale": DEFAULT_GUIDANCE_SCALE,
+        "precision": "bf16",
+        "scheduler": "ddim",
+        "decoder": "full",
+    }
     given = _model_file(path).get("defaults", {})
     file = f"{path}/{SETTINGS_FILE}"
     if not isinstance(given, dict) or set(given) - set(defaults):
@@ -98,7 +110,30 @@ def generation_defaults(path: Path | None) -> dict:
             f"{file}: precision must be a precision name, a list of them, or "
             f'{{"high": ..., "low": ..., "first": ..., "last": ...}}, got {precision!r}'
         ) from None
-    return {"steps": steps, "guidance_scale": float(guidance), "precision": precision}
+    scheduler, decoder = given.get("scheduler", "ddim"), given.get("decoder", "full")
+    if not isinstance(scheduler, str):
+        raise ModelLoadError(f"{file}: scheduler must be a scheduler's name, such as \"lcm\", got {scheduler!r}")
+    if decoder not in DECODERS:
+        raise ModelLoadError(f"{file}: decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    return {
+        "steps": steps,
+        "guidance_scale": float(guidance),
+        "precision": precision,
+        "scheduler": scheduler,
+        "decoder": decoder,
+    }
+
+
+def load_tiny_decoder(path: Path | None):
+    """The folder's tiny decoder (``vae_tiny/``, a diffusers ``AutoencoderTiny``), or None."""
+    if path is None or not (path / TINY_DECODER / "config.json").is_file():
+        return None
+    from diffusers import AutoencoderTiny
+
+    try:
+        return AutoencoderTiny.from_pretrained(path / TINY_DECODER, local_files_only=True, dtype=torch.float32).eval()
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path / TINY_DECODER} is not an AutoencoderTiny folder: {exc}") from None
 
 
 def model_sizes(path: Path | None, default_size: int) -> list[int] | None:

@@ -1,9 +1,10 @@
 """The mixed-precision denoising loop: at each step, the UNet variant the schedule names.
 
 The text encoder runs as loaded (fp32); the UNet changes precision step by step; the
-VAE decodes in ``vae_precision`` (``bf16`` takes a fraction of FP32's time on SD 1.5's
-VAE: docs/QUANTIZATION.md, "Speed"). The initial noise depends on the seed alone, so
-images from different schedules are comparable pixel for pixel.
+request's decoder, the VAE or the model's tiny decoder, decodes in ``vae_precision``
+(``bf16`` takes a fraction of FP32's time on SD 1.5's VAE: docs/QUANTIZATION.md,
+"Speed"). The initial noise depends on the seed alone, so images from different
+schedules are comparable pixel for pixel.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from pathlib import Path
 import torch
 
 from app.errors import InvalidRequest
-from app.pipeline.loader import generation_defaults, load_diffusers_pipeline, model_sizes
+from app.pipeline.loader import (
+    ModelLoadError,
+    generation_defaults,
+    load_diffusers_pipeline,
+    load_tiny_decoder,
+    model_sizes,
+)
 from app.pipeline.schedulers import available, make_scheduler
 from app.pipeline.types import GenerationParams, GenerationResult, StepCallback, StepRecord, UNetVariant
 from app.pipeline.variants import build_variants
@@ -27,8 +34,8 @@ VAE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def set_vae_precision(vae: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """``vae``, converted in place to decode in ``precision``, channels-last: oneDNN's
-    native layout for convolutions, the whole of a VAE's work."""
+    """``vae`` (or a tiny decoder), converted in place to decode in ``precision``, channels-last:
+    oneDNN's native layout for convolutions, the whole of a decoder's work."""
     if precision not in VAE_PRECISIONS:
         raise ValueError(f"unknown VAE precision {precision!r}: {', '.join(VAE_PRECISIONS)}")
     return vae.to(VAE_PRECISIONS[precision], memory_format=torch.channels_last)
@@ -44,17 +51,19 @@ class ModelInfo:
     prediction_type: str  # "epsilon" or "v_prediction"
     max_prompt_tokens: int
     vae_precision: str  # "fp32" or "bf16"
-    defaults: dict[str, int | float]  # steps and guidance_scale of a request that names neither
+    defaults: dict  # steps, guidance_scale, precision, scheduler, decoder of a request that names none
+    decoders: list[str]  # "full", and "tiny" where the folder has a tiny decoder
     parameters: dict[str, int] = field(default_factory=dict)  # component -> parameter count
     artifacts: dict[str, dict] = field(default_factory=dict)  # int8 variant -> manifest summary
     unavailable: dict[str, str] = field(default_factory=dict)  # precision -> why it is not offered
 
 
 class MixedPrecisionPipeline:
-    def __init__(self, pipe, variants: dict[str, UNetVariant], info: ModelInfo):
+    def __init__(self, pipe, variants: dict[str, UNetVariant], info: ModelInfo, tiny_decoder=None):
         self.pipe = pipe
         self.variants = variants
         self.info = info
+        self.decoders = {"full": pipe.vae} | ({"tiny": tiny_decoder} if tiny_decoder is not None else {})
 
     @classmethod
     def load(
@@ -90,11 +99,23 @@ class MixedPrecisionPipeline:
         path: Path | None = None,
         vae_precision: str = "fp32",
     ) -> MixedPrecisionPipeline:
-        """Wrap a diffusers pipeline already in memory; ``path`` is where its int8 artifacts live."""
+        """Wrap a diffusers pipeline already in memory; ``path`` is where its int8 artifacts and
+        tiny decoder live."""
         defaults = generation_defaults(path)  # a bad mixdiff.json fails before minutes of compiling
         default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         sizes = model_sizes(path, default_size)
-        set_vae_precision(pipe.vae, vae_precision)
+        tiny_decoder = load_tiny_decoder(path)
+        decoders = ["full"] + (["tiny"] if tiny_decoder is not None else [])
+        if defaults["decoder"] not in decoders:
+            raise ModelLoadError(f"{path}/mixdiff.json: its default decoder {defaults['decoder']!r} needs a vae_tiny/")
+        if defaults["scheduler"] not in available(pipe.scheduler.config):
+            raise ModelLoadError(
+                f"{path}/mixdiff.json: scheduler {defaults['scheduler']!r} cannot sample this model; "
+                f"it can: {', '.join(available(pipe.scheduler.config))}"
+            )
+        for decoder in (pipe.vae, tiny_decoder):
+            if decoder is not None:
+                set_vae_precision(decoder, vae_precision)
         variants, unavailable = build_variants(
             pipe, precisions, compile=compile, fused_attention=fused_attention, model_dir=path
         )
@@ -108,15 +129,16 @@ class MixedPrecisionPipeline:
             max_prompt_tokens=pipe.tokenizer.model_max_length,
             vae_precision=vae_precision,
             defaults=defaults,
+            decoders=decoders,
             parameters={
                 name: sum(p.numel() for p in module.parameters())
-                for name, module in pipe.components.items()
+                for name, module in {**pipe.components, "vae_tiny": tiny_decoder}.items()
                 if isinstance(module, torch.nn.Module)
             },
             artifacts={name: v.manifest for name, v in variants.items() if hasattr(v, "manifest")},
             unavailable=unavailable,
         )
-        return cls(pipe, variants, info)
+        return cls(pipe, variants, info, tiny_decoder)
 
     @property
     def precisions(self) -> list[str]:
@@ -145,6 +167,11 @@ class MixedPrecisionPipeline:
         if len(schedule) != params.steps:
             raise ValueError(f"schedule has {len(schedule)} entries for {params.steps} steps")
         self._check_sizes(schedule, params.n, width, height)
+        if params.decoder not in self.decoders:
+            raise InvalidRequest(
+                f"decoder {params.decoder!r} is not offered for this model; it has: {', '.join(self.decoders)}",
+                param="decoder",
+            )
         warnings = self._prompt_warnings(params)
         cfg = params.guidance_scale > 1.0
 
@@ -184,7 +211,7 @@ class MixedPrecisionPipeline:
 
         # 6. decode
         t0 = time.perf_counter()
-        images = self._decode(latents)
+        images = self._decode(latents, params.decoder)
         vae_decode_seconds = time.perf_counter() - t0
         return GenerationResult(
             images=images,
@@ -249,8 +276,8 @@ class MixedPrecisionPipeline:
             }
         return {"hidden": cond, "added": {"text_embeds": pooled, "time_ids": time_ids}}
 
-    def _decode(self, latents: torch.Tensor) -> list[bytes]:
-        vae = self.pipe.vae
+    def _decode(self, latents: torch.Tensor, decoder: str) -> list[bytes]:
+        vae = self.decoders[decoder]
         latents = latents / vae.config.scaling_factor
         if getattr(vae.config, "shift_factor", None):
             latents = latents + vae.config.shift_factor

@@ -2,6 +2,11 @@
 the model's own scheduler config, so prediction type (epsilon or v), the beta schedule
 and its timestep spacing carry over, and no state leaks between requests.
 
+The few-step ones sample distilled models: ``lcm`` (latent consistency models, LCM-LoRA,
+``mixdiff distill lcm``'s students), ``tcd`` (trajectory consistency distillation,
+Hyper-SD) and ``euler_a_trailing``, Euler ancestral with its first step at the last
+training timestep, as SD-Turbo and SDXL-Turbo are sampled (with guidance 0).
+
 A model trained on a zero-terminal-SNR schedule (``rescale_betas_zero_snr``) can only
 be sampled by schedulers that rescale their betas the same way; the others would
 sample a different noise schedule than the model learned, so they are not offered.
@@ -16,8 +21,10 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    TCDScheduler,
 )
 
 from app.errors import InvalidRequest
@@ -29,6 +36,9 @@ SCHEDULERS = {
     "euler_a": (EulerAncestralDiscreteScheduler, {}),
     "dpmpp": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
     "lms": (LMSDiscreteScheduler, {}),
+    "lcm": (LCMScheduler, {}),
+    "tcd": (TCDScheduler, {}),
+    "euler_a_trailing": (EulerAncestralDiscreteScheduler, {"timestep_spacing": "trailing"}),
 }
 
 

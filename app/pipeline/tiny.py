@@ -8,11 +8,13 @@ serves one when asked for the model ``tiny-random``: its images are noise.
 
 from __future__ import annotations
 
+import math
 import tempfile
 
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     DDIMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -62,6 +64,20 @@ def _vae() -> AutoencoderKL:
         latent_channels=4,
         norm_num_groups=16,
         sample_size=TINY_SIZE,
+    )
+
+
+def tiny_decoder(vae_scale_factor: int, *, seed: int = 0) -> AutoencoderTiny:
+    """A TAESD-style tiny decoder (random weights) for latents ``vae_scale_factor`` times smaller
+    than the image: one level per halving, and one more."""
+    torch.manual_seed(seed)
+    levels = int(math.log2(vae_scale_factor)) + 1
+    return AutoencoderTiny(
+        encoder_block_out_channels=(16,) * levels,
+        decoder_block_out_channels=(16,) * levels,
+        num_encoder_blocks=(1,) * levels,
+        num_decoder_blocks=(1,) * levels,
+        latent_channels=4,
     )
 
 

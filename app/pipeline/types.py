@@ -26,6 +26,7 @@ class GenerationParams:
     seed: int = 0
     n: int = 1
     scheduler: str = "ddim"
+    decoder: str = "full"  # "full": the VAE; "tiny": the model's tiny decoder
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ const PALETTE = ["#2f5fc4", "#b45309", "#6d28d9", "#047857", "#b91c1c", "#475569
 const PHASES = [["queue_wait", "waiting in the queue"], ["text_encode", "text encoder"],
   ["steps", "denoising steps"], ["vae_decode", "VAE decode"], ["total", "total"]];
 const FIELDS = ["prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "scheduler",
-  "precision"];
+  "decoder", "precision"];
 
 const state = { model: null, key: "", list: [], lastSeed: null, job: null, busy: false, focus: 0, retryUntil: 0 };
 
@@ -90,6 +90,7 @@ function useModel(model) {
   $("steps").value = model.defaults.steps;
   $("guidance_scale").value = model.defaults.guidance_scale;
   options($("scheduler"), model.schedulers, model.default_scheduler);
+  options($("decoder"), model.decoders, model.defaults.decoder);
   const spec = model.default_precision;
   const [high, low] = [model.precisions[0], model.precisions[model.precisions.length - 1]];
   options($("precision-name"), model.precisions, typeof spec === "string" ? spec : high);
@@ -206,6 +207,7 @@ function request() {
   if ($("negative_prompt").value.trim()) body.negative_prompt = $("negative_prompt").value;
   for (const id of ["width", "height", "guidance_scale"]) body[id] = number(id);
   body.scheduler = $("scheduler").value;
+  body.decoder = $("decoder").value;
   if (!$("seed-random").checked) body.seed = number("seed");
   if (mode() === "list") {
     body.precision = schedule();
@@ -419,7 +421,7 @@ function show(job) {
   $("image").alt = `${state.prompt} (seed ${job.seed})`;
   $("image").hidden = false;
   $("caption").textContent = `seed ${job.seed} · ${job.width}×${job.height} · ${job.steps_total} steps · ` +
-    `${job.scheduler} · guidance ${job.guidance_scale}`;
+    `${job.scheduler} · guidance ${job.guidance_scale} · ${job.decoder} decoder`;
   $("download").href = url;
   $("download").download = `mixdiff-${job.seed}.png`;
   $("download").hidden = false;

@@ -68,7 +68,7 @@ def test_the_settings_limits_are_in_the_schema(openapi, settings):
     assert openai["size"]["anyOf"][0]["pattern"].startswith("^(auto|(64|72|80|")
 
 
-def test_the_models_precisions_and_schedulers_are_enums(openapi, client):
+def test_the_models_precisions_schedulers_and_decoders_are_enums(openapi, client):
     (model,) = client.get("/v1/models").json()["data"]
     precision = _request_schema(openapi)["properties"]["precision"]["anyOf"][0]["anyOf"]
     assert precision[0]["enum"] == model["precisions"] == ["fp32", "bf16"]
@@ -78,6 +78,8 @@ def test_the_models_precisions_and_schedulers_are_enums(openapi, client):
     assert "low" in split["required"]  # its default, int8, is not offered here
     scheduler = _request_schema(openapi)["properties"]["scheduler"]["anyOf"][0]
     assert scheduler["enum"] == model["schedulers"]
+    decoder = _request_schema(openapi)["properties"]["decoder"]["anyOf"][0]
+    assert decoder["enum"] == model["decoders"] == ["full"]  # the tiny pipeline has no tiny decoder
 
 
 def test_schemathesis_finds_no_failure(tmp_path):

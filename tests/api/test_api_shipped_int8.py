@@ -42,11 +42,15 @@ def test_int8_is_offered(server):
     (model,) = httpx.get(server + "/v1/models").json()["data"]
     assert model["precisions"] == ["bf16", "int8"]
     # trained with zero terminal SNR: only schedulers that rescale their betas can sample it
-    assert (model["prediction_type"], model["schedulers"]) == ("v_prediction", ["ddim", "euler", "euler_a", "dpmpp"])
+    assert (model["prediction_type"], model["schedulers"]) == (
+        "v_prediction", ["ddim", "euler", "euler_a", "dpmpp", "lcm", "tcd", "euler_a_trailing"]
+    )  # fmt: skip
     assert model["vae_precision"] == "bf16"  # the server's default
     split = {"high": "bf16", "low": "int8", "first": 5, "last": 5}
-    assert model["defaults"] == {"steps": 30, "guidance_scale": 5.0, "precision": split}  # the folder's mixdiff.json
-    assert model["default_precision"] == split
+    own = {"steps": 30, "guidance_scale": 5.0, "precision": split, "scheduler": "ddim", "decoder": "full"}
+    assert model["defaults"] == own  # the folder's mixdiff.json, mixdiff's own for the rest
+    assert (model["default_precision"], model["default_scheduler"]) == (split, "ddim")
+    assert model["decoders"] == ["full", "tiny"]  # its vae_tiny/
 
 
 def test_the_model_serves_the_size_it_was_trained_for(server):

@@ -8,9 +8,8 @@ from app.engine.pool import LoadedModel
 from app.errors import InvalidRequest
 from app.settings import Settings
 
-MODEL = LoadedModel(
-    {"default_size": 64, "defaults": {"steps": 150, "guidance_scale": 5.0, "precision": "bf16"}}, ["bf16"], ["ddim"]
-)
+DEFAULTS = {"steps": 150, "guidance_scale": 5.0, "precision": "bf16", "scheduler": "ddim", "decoder": "full"}
+MODEL = LoadedModel({"default_size": 64, "defaults": DEFAULTS, "decoders": ["full"]}, ["bf16"], ["ddim"])
 
 
 def job(**fields) -> JobRequest:
@@ -68,3 +67,20 @@ def test_a_model_that_declares_its_sizes_serves_only_those_unless_any_size_is_se
     assert (params.width, params.height) == (128, 64)
     assert to_job(job(prompt="x", width=256), Settings(model="tiny-random", any_size=True), sized)[0].width == 256
     assert to_job(job(prompt="x", height=256), settings, MODEL)[0].height == 256  # no sizes declared: any
+
+
+def test_a_distilled_model_samples_with_its_own_scheduler_and_decoder_unless_asked_otherwise():
+    own = {**DEFAULTS, "steps": 4, "guidance_scale": 1.0, "scheduler": "lcm", "decoder": "tiny"}
+    model = LoadedModel({**MODEL.info, "defaults": own, "decoders": ["full", "tiny"]}, ["bf16"], ["ddim", "lcm"])
+    settings = Settings(model="tiny-random")
+    params, schedule = to_job(job(prompt="a red circle"), settings, model)
+    assert (params.steps, params.guidance_scale, params.scheduler, params.decoder) == (4, 1.0, "lcm", "tiny")
+    params, _ = to_job(job(prompt="a red circle", scheduler="ddim", decoder="full"), settings, model)
+    assert (params.scheduler, params.decoder) == ("ddim", "full")
+    params, _ = to_job(job(prompt="a red circle"), Settings(model="tiny-random", default_scheduler="ddim"), model)
+    assert params.scheduler == "ddim"  # the operator's choice over the model's
+    with pytest.raises(InvalidRequest) as err:
+        to_job(job(prompt="a cat", decoder="tiny"), settings, MODEL)
+    assert (err.value.param, err.value.message) == (
+        "decoder", "decoder 'tiny' is not offered for this model; it has: full"
+    )

@@ -1,5 +1,6 @@
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from app.errors import InvalidRequest
 from app.pipeline.loader import SETTINGS_FILE, ModelLoadError, generation_defaults, model_sizes
 from app.pipeline.loop import MixedPrecisionPipeline
 from app.pipeline.schedulers import SCHEDULERS, make_scheduler
-from app.pipeline.tiny import build_tiny_pipeline
+from app.pipeline.tiny import build_tiny_pipeline, tiny_decoder
 from app.pipeline.types import GenerationParams
 from app.pipeline.variants import build_variants, expand
 
@@ -89,12 +90,12 @@ def test_zero_terminal_snr_models_offer_only_schedulers_that_rescale_their_betas
         pipe.scheduler.config, rescale_betas_zero_snr=True, timestep_spacing="trailing"
     )
     model = MixedPrecisionPipeline.from_pipe(pipe, "sd", ["fp32"])
-    assert model.schedulers == ["ddim", "euler", "euler_a", "dpmpp"]
+    assert model.schedulers == ["ddim", "euler", "euler_a", "dpmpp", "lcm", "tcd", "euler_a_trailing"]
     for scheduler in model.schedulers:
         assert make_scheduler(scheduler, pipe.scheduler.config).alphas_cumprod[-1] <= 2**-24  # the model's schedule
         result = model.generate(GenerationParams(prompt="a cat", steps=2, scheduler=scheduler), ["fp32"] * 2)
         assert len(result.images) == 1
-    with pytest.raises(InvalidRequest, match="unknown scheduler 'pndm'; available: ddim, euler, euler_a, dpmpp"):
+    with pytest.raises(InvalidRequest, match="unknown scheduler 'pndm'; available: ddim, euler, euler_a, dpmpp, lcm"):
         model.generate(GenerationParams(prompt="a cat", steps=2, scheduler="pndm"), ["fp32"] * 2)
 
 
@@ -109,7 +110,7 @@ def test_pipeline_folder_loads_offline_and_int8_without_artifact_says_why(tmp_pa
     assert model.precisions == ["bf16"]
     assert model.schedulers == list(SCHEDULERS)
     assert model.info.path == str(tmp_path / "model") and model.info.default_size == 64
-    assert model.info.defaults == {"steps": 30, "guidance_scale": 7.5, "precision": "bf16"}  # mixdiff's own
+    assert model.info.defaults == generation_defaults(None)  # mixdiff's own
     assert "mixdiff quantize ptq" in model.info.unavailable["int8"]
     assert "unknown precision 'fp16'" in model.info.unavailable["fp16"]
     assert len(model.generate(GenerationParams(prompt="a cat", steps=1), ["bf16"]).images) == 1
@@ -188,17 +189,22 @@ def test_bf16_vae_decodes_the_same_latents_to_nearly_the_same_image(tiny):
 
 def test_a_model_folder_may_set_its_own_steps_guidance_and_precision(tmp_path):
     file = tmp_path / SETTINGS_FILE
-    own = {"steps": 30, "guidance_scale": 7.5, "precision": "bf16"}
+    own = {"steps": 30, "guidance_scale": 7.5, "precision": "bf16", "scheduler": "ddim", "decoder": "full"}
     assert generation_defaults(tmp_path) == generation_defaults(None) == own
     file.write_text(json.dumps({"defaults": {"guidance_scale": 5}}))
     assert generation_defaults(tmp_path) == {**own, "guidance_scale": 5.0}
     split = {"high": "bf16", "low": "int8", "first": 5, "last": 5}
     file.write_text(json.dumps({"defaults": {"steps": 4, "guidance_scale": 0, "precision": split}}))
-    assert generation_defaults(tmp_path) == {"steps": 4, "guidance_scale": 0.0, "precision": split}
+    assert generation_defaults(tmp_path) == {**own, "steps": 4, "guidance_scale": 0.0, "precision": split}
+    few_steps = {"steps": 4, "guidance_scale": 1.0, "scheduler": "lcm", "decoder": "tiny"}
+    file.write_text(json.dumps({"defaults": few_steps}))
+    assert generation_defaults(tmp_path) == {**own, **few_steps}
     for bad, message in [
         ("{", "is not valid JSON"),
         (json.dumps({"guidance_scale": 5}), 'must be a JSON object with "defaults" and/or "sizes"'),
-        (json.dumps({"defaults": {"scheduler": "ddim"}}), "may set only steps, guidance_scale, precision"),
+        (json.dumps({"defaults": {"sampler": "ddim"}}), "may set only steps, guidance_scale, precision, scheduler"),
+        (json.dumps({"defaults": {"scheduler": 3}}), "scheduler must be a scheduler's name"),
+        (json.dumps({"defaults": {"decoder": "taesd"}}), "decoder must be one of full, tiny"),
         (json.dumps({"defaults": {"precision": {"high": "bf16"}}}), "precision must be a precision name"),
         (json.dumps({"defaults": {"precision": {**split, "first": -1}}}), "precision must be a precision name"),
         (json.dumps({"defaults": {"steps": 2.5}}), "steps must be a whole number"),
@@ -236,3 +242,40 @@ def test_a_star_among_the_precisions_stands_for_every_artifact_of_the_model(tmp_
     assert expand(["int8-qat", "*", "bf16"], tmp_path) == ["int8-qat", "int8", "bf16"]  # each once, in order
     assert expand(["fp32", "*"], None) == ["fp32"]  # a pipeline built in code has no artifacts
     assert expand(["*"], tmp_path / "elsewhere") == []
+
+
+def _folder_with_tiny_decoder(path, defaults: dict | None = None):
+    pipe = build_tiny_pipeline("sd")
+    pipe.save_pretrained(path)
+    tiny_decoder(pipe.vae_scale_factor).save_pretrained(path / "vae_tiny")
+    if defaults is not None:
+        (path / SETTINGS_FILE).write_text(json.dumps({"defaults": defaults}))
+    return path
+
+
+def test_a_folder_with_a_tiny_decoder_offers_it_per_request(tmp_path):
+    model = MixedPrecisionPipeline.load(str(_folder_with_tiny_decoder(tmp_path / "model")), ["fp32"])
+    assert model.info.decoders == ["full", "tiny"] and model.info.defaults["decoder"] == "full"
+    assert model.info.parameters["vae_tiny"] > 0
+    params = GenerationParams(prompt="a red circle", steps=2, seed=3, width=64, height=48)
+    full = pixels(model.generate(params, ["fp32"] * 2).images[0])
+    tiny = pixels(model.generate(replace(params, decoder="tiny"), ["fp32"] * 2).images[0])
+    assert full.shape == tiny.shape == (48, 64, 3)
+    assert not np.array_equal(full, tiny)  # another network decoded the same latents
+    without = MixedPrecisionPipeline.from_pipe(build_tiny_pipeline("sd"), "sd", ["fp32"])
+    assert without.info.decoders == ["full"]
+    with pytest.raises(InvalidRequest, match="decoder 'tiny' is not offered for this model; it has: full"):
+        without.generate(replace(params, decoder="tiny"), ["fp32"] * 2)
+
+
+def test_a_folder_may_make_its_tiny_decoder_and_a_few_step_scheduler_the_defaults(tmp_path):
+    few_steps = {"steps": 4, "guidance_scale": 1.0, "scheduler": "lcm", "decoder": "tiny"}
+    model = MixedPrecisionPipeline.load(str(_folder_with_tiny_decoder(tmp_path / "model", few_steps)), ["fp32"])
+    assert {k: model.info.defaults[k] for k in few_steps} == few_steps
+    build_tiny_pipeline("sd").save_pretrained(tmp_path / "no-tiny")
+    (tmp_path / "no-tiny" / SETTINGS_FILE).write_text(json.dumps({"defaults": {"decoder": "tiny"}}))
+    with pytest.raises(ModelLoadError, match="its default decoder 'tiny' needs a vae_tiny/"):
+        MixedPrecisionPipeline.load(str(tmp_path / "no-tiny"), ["fp32"])
+    (tmp_path / "no-tiny" / SETTINGS_FILE).write_text(json.dumps({"defaults": {"scheduler": "karras"}}))
+    with pytest.raises(ModelLoadError, match="scheduler 'karras' cannot sample this model; it can: ddim, pndm"):
+        MixedPrecisionPipeline.load(str(tmp_path / "no-tiny"), ["fp32"])
