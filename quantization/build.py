@@ -35,6 +35,7 @@ class BuildContext:
 
     pipe: object  # the FP32 diffusers pipeline; ``pipe.unet`` is the UNet being quantized
     timestep_groups: int  # packages, each with the activation scales of its range of timesteps
+    batch: int = BATCH  # the graph's batch: the calibration runs', 2 with guidance, 1 without
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,9 @@ class MiscompiledError(ValueError):
     """The compiled package computes something else than the quantized graph it was compiled from."""
 
 
-def check_compiled(converted: torch.fx.GraphModule, package_path: Path, weights: Path, inputs: list[UNetInputs]) -> float:
+def check_compiled(
+    converted: torch.fx.GraphModule, package_path: Path, weights: Path, inputs: list[UNetInputs], batch: int = BATCH
+) -> float:
     """Relative MSE of the compiled package against the converted graph run eagerly (BF16
     for the rest, as the package runs it) on ``inputs``; ``MiscompiledError`` above
     ``COMPILE_TOLERANCE``. Both use the same INT8 weights and scales, so they differ by
@@ -100,8 +103,8 @@ def check_compiled(converted: torch.fx.GraphModule, package_path: Path, weights:
     error = norm = 0.0
     with torch.no_grad():
         for item in inputs:
-            want = package.run_bf16(converted, item)
-            got = run_in_batches(runner, item.args())
+            want = package.run_bf16(converted, item, batch)
+            got = run_in_batches(runner, item.args(), batch)
             error += float(((got - want) ** 2).sum())
             norm += float((want**2).sum())
     rel_mse = error / max(norm, 1e-30)
@@ -147,9 +150,11 @@ def _compile_groups(
         quantize_s = time.perf_counter() - start
         start = time.perf_counter()
         package_path, weights = out / package.package_name(g), out / package.weights_name(g)
-        package.build_package(converted, items[0], package_path, weights)
+        package.build_package(converted, items[0], package_path, weights, context.batch)
         compile_s = time.perf_counter() - start
-        agreement = check_compiled(converted, package_path, weights, _strided(items, options.compile_check_inputs))
+        agreement = check_compiled(
+            converted, package_path, weights, _strided(items, options.compile_check_inputs), context.batch
+        )
         log.info(
             "group %d: quantized in %.0f s, compiled in %.0f s; compiled vs eager rel. MSE %.1e",
             g, quantize_s, compile_s, agreement,
@@ -215,11 +220,12 @@ def build_from_inputs(
 
     # 1. calibration inputs, and the held-out ones fidelity is measured on
     calib, held_out = split_holdout(captured, options.holdout_every)
-    context = BuildContext(pipe, options.timestep_groups)
+    # a model sampled without guidance is called with one latent, not a pair: its graph takes one
+    context = BuildContext(pipe, options.timestep_groups, batch=calib[0].batch)
 
     # 2. the FP32 graph every quantization starts from
     start = time.perf_counter()
-    graph = export_unet(unet, calib[0])
+    graph = export_unet(unet, calib[0], context.batch)
     seconds["export"] = time.perf_counter() - start
 
     # 3. fallback layers: none, the given ones, or the worst of a one-block-at-a-time scan
@@ -234,6 +240,7 @@ def build_from_inputs(
             _strided(calib, options.scan_inputs),
             _strided(held_out, max(2, options.scan_inputs // 4)),
             on_result=lambda s: log.info("  %-40s rel_mse %.3e", s.name, s.rel_mse),
+            batch=context.batch,
         )
         fallback = sensitivity.choose_fallback(scan_results, options.fallback_budget)
         seconds["sensitivity_scan"] = time.perf_counter() - start
@@ -293,7 +300,7 @@ def build_from_inputs(
                 "unet_class": type(unet).__name__,
                 "latent_size": list(latent),
                 "image_size": [s * pipe.vae_scale_factor for s in latent],
-                "compiled_batch": BATCH,
+                "compiled_batch": context.batch,
                 "inputs": ["sample", "timestep", "encoder_hidden_states"]
                 + (["text_embeds", "time_ids"] if calib[0].added else []),
             },

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from kernels.attention import FusedAttnProcessor
-from quantization.inputs import UNetInputs, chunks
+from quantization.inputs import BATCH, UNetInputs, chunks
 
 
 class UNetGraph(torch.nn.Module):
@@ -31,20 +31,20 @@ class UNetGraph(torch.nn.Module):
         )[0]
 
 
-def example_args(example: UNetInputs) -> tuple[torch.Tensor, ...]:
-    """``example``'s arguments cut to the batch the graphs are exported for."""
-    return next(chunks(example.args()))[0]
+def example_args(example: UNetInputs, batch: int = BATCH) -> tuple[torch.Tensor, ...]:
+    """``example``'s arguments cut (or padded) to the ``batch`` the graphs are exported for."""
+    return next(chunks(example.args(), batch))[0]
 
 
-def export_unet(unet: torch.nn.Module, example: UNetInputs) -> torch.fx.GraphModule:
-    """The FP32 UNet as an exported graph module, ready for ``prepare_pt2e``; its attention
-    is ``mixdiff.int8_attention`` (SDPA in FP32, the fused kernel once autocast makes it BF16)."""
+def export_unet(unet: torch.nn.Module, example: UNetInputs, batch: int = BATCH) -> torch.fx.GraphModule:
+    """The FP32 UNet as an exported graph module for a batch of ``batch``, ready for ``prepare_pt2e``; its
+    attention is ``mixdiff.int8_attention`` (SDPA in FP32, the fused kernel once autocast makes it BF16)."""
     graph = UNetGraph(unet).eval()
     processors = unet.attn_processors
     unet.set_attn_processor(FusedAttnProcessor(int8_scores=True))  # builds the kernels, or raises why it cannot
     try:
         with torch.no_grad():
-            return torch.export.export(graph, example_args(example)).module()
+            return torch.export.export(graph, example_args(example, batch)).module()
     finally:
         unet.set_attn_processor(processors)
 

@@ -1,8 +1,8 @@
 """UNet inputs as the compiled graphs take them, shared by the runtime and the build.
 
 ``UNetInputs`` is one UNet call as the denoising loop makes it; ``run_in_batches`` runs
-any batch through a graph built for a batch of ``BATCH``; ``TimestepGroups`` maps a
-timestep to the package that holds its activation scales.
+any batch through a graph built for a fixed batch (``BATCH`` unless told);
+``TimestepGroups`` maps a timestep to the package that holds its activation scales.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-#: The batch every graph is exported and compiled for: one image with classifier-free
+#: The batch every artifact's graph is exported and compiled for: one image with classifier-free
 #: guidance. (With a dynamic batch dimension, torchao's qlinear fusion fails on UNets with
-#: linear projections, SD 2.x and SDXL.)
+#: linear projections, SD 2.x and SDXL.) The build functions take another static batch where
+#: a benchmark asks for one (batch 1: few-step models without guidance).
 BATCH = 2
 
 
@@ -54,27 +55,31 @@ class UNetInputs:
     def t(self) -> float:
         return float(self.timestep[0])
 
+    @property
+    def batch(self) -> int:
+        return self.sample.shape[0]
+
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
     """fp32 and contiguous: compiled packages assume the strides they were traced with."""
     return x.float().contiguous()
 
 
-def chunks(args: tuple[torch.Tensor, ...]):
-    """``(chunk, n)`` pairs: the arguments cut into batches of exactly ``BATCH``, the last
+def chunks(args: tuple[torch.Tensor, ...], batch: int = BATCH):
+    """``(chunk, n)`` pairs: the arguments cut into batches of exactly ``batch``, the last
     one padded by repeating its last item, and how many items of each are real."""
     total = args[0].shape[0]
-    for start in range(0, total, BATCH):
-        chunk = [a[start : start + BATCH] for a in args]
+    for start in range(0, total, batch):
+        chunk = [a[start : start + batch] for a in args]
         n = chunk[0].shape[0]
-        if n < BATCH:
-            chunk = [torch.cat([a, a[-1:].expand(BATCH - n, *a.shape[1:])]) for a in chunk]
+        if n < batch:
+            chunk = [torch.cat([a, a[-1:].expand(batch - n, *a.shape[1:])]) for a in chunk]
         yield tuple(chunk), n
 
 
-def run_in_batches(fn, args: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """``fn`` (a graph built for a batch of ``BATCH``) applied to arguments of any batch."""
-    outputs = [fn(*chunk)[:n] for chunk, n in chunks(args)]
+def run_in_batches(fn, args: tuple[torch.Tensor, ...], batch: int = BATCH) -> torch.Tensor:
+    """``fn`` (a graph built for a batch of ``batch``) applied to arguments of any batch."""
+    outputs = [fn(*chunk)[:n] for chunk, n in chunks(args, batch)]
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 

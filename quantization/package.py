@@ -28,7 +28,7 @@ from torch.export.pt2_archive._package import PT2ArchiveReader, PT2ArchiveWriter
 
 from quantization.aoti_codegen import releasing_optional_tensor_handles
 from quantization.graph import example_args
-from quantization.inputs import UNetInputs, run_in_batches
+from quantization.inputs import BATCH, UNetInputs, run_in_batches
 from quantization.runtime import ALIGNMENT, BLOB_KEY, FORMAT, MANIFEST, portable_isa, sha256
 
 #: gcc ``-m`` flags Inductor compiles CPU kernels with, and the /proc/cpuinfo flag each needs.
@@ -87,23 +87,29 @@ class _BF16(torch.nn.Module):
             return self.quantized(sample, timestep, encoder_hidden_states, *added).float()
 
 
-def run_bf16(converted: torch.fx.GraphModule, inputs: UNetInputs) -> torch.Tensor:
-    """The converted graph run eagerly the way the artifact runs it (unquantized ops in
-    BF16): the reference the compiled artifact must match."""
+def run_bf16(converted: torch.fx.GraphModule, inputs: UNetInputs, batch: int = BATCH) -> torch.Tensor:
+    """The converted graph (for a batch of ``batch``) run eagerly the way the artifact runs it
+    (unquantized ops in BF16): the reference the compiled artifact must match."""
     with torch.no_grad():
-        return run_in_batches(_BF16(converted), inputs.args())
+        return run_in_batches(_BF16(converted), inputs.args(), batch)
 
 
-def export_bf16(converted: torch.fx.GraphModule, example: UNetInputs) -> torch.export.ExportedProgram:
-    """The converted graph exported under BF16 autocast, its casts recorded: what is compiled."""
+def export_bf16(
+    converted: torch.fx.GraphModule, example: UNetInputs, batch: int = BATCH
+) -> torch.export.ExportedProgram:
+    """The converted graph (for a batch of ``batch``) exported under BF16 autocast, its casts
+    recorded: what is compiled."""
     with torch.no_grad():
-        program = torch.export.export(_BF16(converted), example_args(example))
+        program = torch.export.export(_BF16(converted), example_args(example, batch))
         return program.run_decompositions({})  # inline the autocast region, keep aten ops whole
 
 
-def compile_package(converted: torch.fx.GraphModule, example: UNetInputs, package_path: str) -> str:
-    """Export the converted graph with BF16 casts and compile it to an AOTInductor package."""
-    program = export_bf16(converted, example)
+def compile_package(
+    converted: torch.fx.GraphModule, example: UNetInputs, package_path: str, batch: int = BATCH
+) -> str:
+    """Export the converted graph with BF16 casts and compile it to an AOTInductor package for a batch of
+    ``batch``."""
+    program = export_bf16(converted, example, batch)
     with torch.no_grad(), releasing_optional_tensor_handles():
         return torch._inductor.aoti_compile_and_package(program, package_path=package_path, inductor_configs=AOTI_CONFIG)
 
@@ -185,10 +191,13 @@ def constants_apart(package: Path, weights: Path):
     _save_constants(constants, weights, package.name)
 
 
-def build_package(converted: torch.fx.GraphModule, example: UNetInputs, package: Path, weights: Path) -> None:
-    """Compile ``converted`` into the AOTInductor ``package`` (code only) and its constants into ``weights``."""
+def build_package(
+    converted: torch.fx.GraphModule, example: UNetInputs, package: Path, weights: Path, batch: int = BATCH
+) -> None:
+    """Compile ``converted`` into the AOTInductor ``package`` (code only, for a batch of ``batch``) and its
+    constants into ``weights``."""
     with constants_apart(package, weights), portable_isa():
-        compile_package(converted, example, str(package))
+        compile_package(converted, example, str(package), batch)
 
 
 def required_cpu_features() -> list[str]:

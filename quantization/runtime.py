@@ -224,9 +224,9 @@ def verify(folder: Path, unet: torch.nn.Module | None = None) -> dict:
 class Int8UNet:
     """A ``UNetVariant`` running the artifact's compiled packages, one per timestep group.
 
-    Takes and returns fp32. Any batch works (the packages run batches of
-    ``BATCH``, so a larger one runs in chunks); the latent size is fixed at the
-    one it was built for, which ``supports`` tells before a generation starts.
+    Takes and returns fp32. Any batch works (the packages run the batch they were
+    compiled for, 2 or 1, so a larger one runs in chunks); the latent size is fixed at
+    the one it was built for, which ``supports`` tells before a generation starts.
     """
 
     def __init__(self, precision: str, manifest: dict, runners: list, vae_scale_factor: int):
@@ -235,6 +235,7 @@ class Int8UNet:
         self.runners = runners
         self.groups = TimestepGroups([g["t_min"] for g in manifest["timestep_groups"]] + [float("inf")])
         self.latent_size = tuple(manifest["model"]["latent_size"])
+        self.batch = manifest["model"]["compiled_batch"]
         self.vae_scale_factor = vae_scale_factor
 
     def supports(self, batch: int, height: int, width: int) -> bool:
@@ -252,7 +253,7 @@ class Int8UNet:
             )
         inputs = UNetInputs.from_call(sample, timestep, encoder_hidden_states, added_cond_kwargs)
         runner = self.runners[self.groups.index(inputs.t)]
-        return run_in_batches(runner, inputs.args())
+        return run_in_batches(runner, inputs.args(), self.batch)
 
 
 def _load_int8(path: Path, manifest: dict, pipe) -> Int8UNet:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from quantization.inputs import UNetInputs, run_in_batches
+from quantization.inputs import BATCH, UNetInputs, run_in_batches
 from quantization.methods.ptq import make_quantizer, quantize_graph
 
 _QUANTIZABLE = (torch.nn.Conv2d, torch.nn.Linear)
@@ -55,12 +55,15 @@ def _has_quantizable(module: torch.nn.Module | None) -> bool:
     return module is not None and any(isinstance(m, _QUANTIZABLE) for m in module.modules())
 
 
-def relative_error(graph: torch.nn.Module, reference: Sequence[torch.Tensor], inputs: Sequence[UNetInputs]) -> float:
-    """Summed squared error of ``graph`` against ``reference`` outputs over summed squared reference."""
+def relative_error(
+    graph: torch.nn.Module, reference: Sequence[torch.Tensor], inputs: Sequence[UNetInputs], batch: int = BATCH
+) -> float:
+    """Summed squared error of ``graph`` (for a batch of ``batch``) against ``reference`` outputs over
+    summed squared reference."""
     error = norm = 0.0
     with torch.no_grad():
         for ref, item in zip(reference, inputs):
-            out = run_in_batches(graph, item.args())
+            out = run_in_batches(graph, item.args(), batch)
             error += float(((out - ref) ** 2).sum())
             norm += float((ref**2).sum())
     return error / max(norm, 1e-30)
@@ -72,18 +75,20 @@ def scan(
     calibration: Sequence[UNetInputs],
     evaluation: Sequence[UNetInputs],
     on_result=None,
+    batch: int = BATCH,
 ) -> list[Sensitivity]:
     """Quantize each candidate alone; the results, worst first.
 
-    ``graph`` is the exported FP32 UNet (``quantization.graph.export_unet``); ``on_result`` is called
-    with each ``Sensitivity`` as it is measured (progress for a long scan).
+    ``graph`` is the exported FP32 UNet (``quantization.graph.export_unet``, for a batch of
+    ``batch``); ``on_result`` is called with each ``Sensitivity`` as it is measured (progress
+    for a long scan).
     """
     with torch.no_grad():
-        reference = [run_in_batches(graph, item.args()) for item in evaluation]
+        reference = [run_in_batches(graph, item.args(), batch) for item in evaluation]
     results = []
     for name in candidates:
-        quantized = quantize_graph(graph, make_quantizer(only=name), calibration)
-        result = Sensitivity(name, relative_error(quantized, reference, evaluation))
+        quantized = quantize_graph(graph, make_quantizer(only=name), calibration, batch)
+        result = Sensitivity(name, relative_error(quantized, reference, evaluation, batch))
         results.append(result)
         if on_result is not None:
             on_result(result)

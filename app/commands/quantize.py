@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 from app.commands.arguments import HelpFormatter, at_least
+from app.commands.training import add_data_arguments, read_lines, training_data
 from app.settings import DEFAULT_MODEL
 from quantization.methods import METHODS
 
@@ -60,10 +61,17 @@ def _shared_arguments(parser: argparse.ArgumentParser) -> None:
         "--samples", type=at_least(1), default=8, help="inputs kept per prompt, uniform and normal samplers"
     )
     calibration.add_argument(
-        "--steps", type=at_least(1), default=50, help="denoising steps of each calibration run"
+        "--steps",
+        type=at_least(1),
+        default=None,
+        help="denoising steps of each calibration run, with the model's own scheduler (default: the model's "
+        "steps, from its mixdiff.json, else 30): a few-step model calibrates on its few-step trajectory",
     )
     calibration.add_argument(
-        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance of the calibration runs"
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance of the calibration runs (default: the model's, else 7.5)",
     )
     calibration.add_argument("--seed", type=int, default=0, help="seed of the calibration runs")
     layers = parser.add_argument_group("what stays BF16, and packages")
@@ -89,23 +97,7 @@ def _shared_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _qat_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("training data")
-    data.add_argument(
-        "--data",
-        default="shapes",
-        help="'shapes': the embedded model's own data set; 'generated': data-free, latents the FP32 model "
-        "generates from --data-prompts; or a folder of images, each with a caption in a .txt file of the "
-        "same name",
-    )
-    data.add_argument(
-        "--data-prompts",
-        type=Path,
-        default=None,
-        help="with --data generated: prompts, one per line (default: the calibration prompts)",
-    )
-    data.add_argument(
-        "--data-size", type=at_least(2), default=2048, help="training examples (images, or generated latents)"
-    )
+    data = add_data_arguments(parser, size=2048)
     data.add_argument(
         "--timesteps",
         choices=_TIMESTEP_LAWS,
@@ -209,40 +201,18 @@ def register(subparsers) -> None:
         method.set_defaults(func=run)
 
 
-def _lines(path: Path, what: str) -> list[str]:
-    if not path.is_file():
-        raise ValueError(f"{what} {path} is not a file")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"{path} holds no prompts")
-    return lines
-
-
 def _prompts(args) -> list[str]:
     if args.prompt_file is None:
         from shapes.dataset import calibration_prompts
 
         return calibration_prompts(args.prompts)
-    return _lines(args.prompt_file, "--prompt-file")[: args.prompts]
-
-
-def _training_data(args, prompts: list[str]):
-    """The ``--data`` source of QAT."""
-    from quantization.methods import qat
-
-    if args.data == "shapes":
-        from shapes import dataset
-
-        return qat.Images(lambda n: dataset.examples(n, dataset.QAT_SEED), "the shapes data set (embedded model)")
-    if args.data == "generated":
-        source = _lines(args.data_prompts, "--data-prompts") if args.data_prompts else prompts
-        return qat.GeneratedLatents(source, seed=args.train_seed)
-    return qat.ImageFolder(Path(args.data))
+    return read_lines(args.prompt_file, "--prompt-file")[: args.prompts]
 
 
 def _method(args, prompts: list[str]):
     """The method's config from its flags."""
     from quantization.methods import config_class
+    from shapes.dataset import QAT_SEED
 
     config = config_class(args.method)
     if args.method != "qat":
@@ -250,7 +220,7 @@ def _method(args, prompts: list[str]):
     if args.timestep_groups > 1:
         raise ValueError("qat trains one set of activation ranges: use --timestep-groups 1")
     return config(
-        data=_training_data(args, prompts),
+        data=training_data(args, prompts, shapes_seed=QAT_SEED),
         data_size=args.data_size,
         timesteps=args.timesteps,
         caption_dropout=args.caption_dropout,
@@ -282,18 +252,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"mixdiff quantize: {out} already exists; remove it or choose another --out", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from app.pipeline.loader import ModelLoadError, load_diffusers_pipeline
+    from app.pipeline.loader import ModelLoadError, generation_defaults, load_diffusers_pipeline
     from quantization.build import BuildOptions, build_artifact
 
     try:
+        defaults = generation_defaults(model)
         prompts = _prompts(args)
         method = _method(args, prompts)
         pipe, _, _ = load_diffusers_pipeline(str(model))
         options = BuildOptions(
             sampler=args.sampler,
             samples=args.samples,
-            steps=args.steps,
-            guidance_scale=args.guidance_scale,
+            steps=defaults["steps"] if args.steps is None else args.steps,
+            guidance_scale=defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale,
             seed=args.seed,
             fallback=args.fallback,
             fallback_budget=args.fallback_budget,

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from quantization.graph import drop_tensor_metadata_asserts
-from quantization.inputs import UNetInputs, run_in_batches
+from quantization.inputs import BATCH, UNetInputs, run_in_batches
 
 #: How PTQ artifacts are made, recorded in their manifests.
 RECIPE = {
@@ -54,8 +54,11 @@ def make_quantizer(fallback: Sequence[str] = (), only: str | None = None, *, is_
     return quantizer
 
 
-def quantize_graph(graph: torch.fx.GraphModule, quantizer, calibration: Sequence[UNetInputs]) -> torch.fx.GraphModule:
-    """Prepare a copy of ``graph``, run the calibration inputs through it, convert it."""
+def quantize_graph(
+    graph: torch.fx.GraphModule, quantizer, calibration: Sequence[UNetInputs], batch: int = BATCH
+) -> torch.fx.GraphModule:
+    """Prepare a copy of ``graph`` (exported for a batch of ``batch``), run the calibration inputs
+    through it, convert it."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if not calibration:
@@ -63,7 +66,7 @@ def quantize_graph(graph: torch.fx.GraphModule, quantizer, calibration: Sequence
     prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
     with torch.no_grad():
         for inputs in calibration:
-            run_in_batches(prepared, inputs.args())
+            run_in_batches(prepared, inputs.args(), batch)
     converted = convert_pt2e(prepared)
     drop_tensor_metadata_asserts(converted)
     return converted
@@ -81,4 +84,4 @@ class PTQConfig:
 
     def quantize(self, graph: torch.fx.GraphModule, fallback: Sequence[str], calibration, context) -> torch.fx.GraphModule:
         """``graph`` quantized with everything but ``fallback`` in INT8, its scales from ``calibration``."""
-        return quantize_graph(graph, make_quantizer(fallback), calibration)
+        return quantize_graph(graph, make_quantizer(fallback), calibration, context.batch)

@@ -6,19 +6,20 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
-from artifact_helpers import rel_mse, run_in_fresh_process
+from artifact_helpers import OPTIONS, PROMPTS, rel_mse, run_in_fresh_process
 from safetensors import safe_open
 from torch.export.pt2_archive._package import PT2ArchiveReader
 
 import kernels
 from app.pipeline.tiny import build_tiny_pipeline
-from quantization.build import MiscompiledError, check_compiled
+from quantization.build import MiscompiledError, build_artifact, check_compiled
 from quantization.graph import UNetGraph, export_unet
 from quantization.inputs import run_in_batches
-from quantization.methods.ptq import make_quantizer, quantize_graph
+from quantization.methods.ptq import PTQConfig, make_quantizer, quantize_graph
 from quantization.package import run_bf16
 from quantization.runtime import (
     ALIGNMENT,
@@ -214,3 +215,22 @@ def test_a_package_that_computes_something_else_fails_the_compile_check(tiny_pip
     other = quantize_graph(export_unet(other_unet, calib[0]), make_quantizer(), calib)
     with pytest.raises(MiscompiledError, match="disagrees with the quantized graph"):
         check_compiled(other, package, weights, calib[:2])
+
+
+def test_an_artifact_calibrated_without_guidance_runs_single_latents(tiny_pipe, tiny_artifact, tmp_path):
+    """A model sampled without guidance (a distilled few-step one) calls its UNet with one latent:
+    its artifact is compiled for that batch instead of padding every call to a pair."""
+    out = tmp_path / "quantized" / "int8-single"
+    manifest = build_artifact(PTQConfig(), tiny_pipe, PROMPTS, out, replace(OPTIONS, guidance_scale=1.0))
+    assert manifest["model"]["compiled_batch"] == 1
+    assert tiny_artifact[1]["model"]["compiled_batch"] == 2
+    assert manifest["fidelity"]["rel_mse"] < 5e-2
+    variant = load_variant(out, tiny_pipe)
+    sample = torch.randn(3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        text = tiny_pipe.encode_prompt(["a red circle", "a blue square", "a star"], "cpu", 1, False)[0]
+        fp32 = UNetGraph(tiny_pipe.unet)(sample, torch.full((3,), 500.0), text)
+    together = variant(sample, torch.tensor(500), text)  # three single-latent calls
+    alone = variant(sample[1:2], torch.tensor(500), text[1:2])
+    assert together.shape == fp32.shape and rel_mse(together, fp32) < 5e-2
+    assert torch.allclose(alone, together[1:2], atol=1e-3, rtol=1e-3)
