@@ -18,6 +18,7 @@ COMMANDS = [
     "app.commands.quantize",
     "app.commands.bench",
     "app.commands.eval",
+    "app.commands.distill",
 ]
 
 

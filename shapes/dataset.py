@@ -268,6 +268,8 @@ def calibration_prompts(n: int) -> list[str]:
 
 #: Seed of the images ``mixdiff quantize qat --data shapes`` trains on.
 QAT_SEED = 6007
+#: Seed of the images ``mixdiff distill lcm --data shapes`` trains on.
+DISTILL_SEED = 4409
 
 
 def examples(n: int, seed: int) -> tuple[np.ndarray, list[str]]:

@@ -78,11 +78,13 @@ class Row:
 class Report:
     model: str
     n: int
-    steps: int
+    steps: list[int]
     guidance_scale: float
     scheduler: str
     seed: int
     prompt_seed: int
+    decoder: str = "full"
+    reference: str | None = None  # what the first row is, where it was made elsewhere
     rows: list[Row] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -93,8 +95,10 @@ class Report:
         attributes = [a for a in ATTRIBUTES if a in seen]
         head = ["schedule", "steps", "overall", *attributes, "read as FP32", "Fréchet", "PSNR dB", "SSIM", "s/image"]
         lines = [
-            f"Model `{self.model}`: {self.n} prompts, {self.steps} steps of {self.scheduler}, guidance "
-            f"{self.guidance_scale}, seeds {self.seed}..{self.seed + self.n - 1}, prompt seed {self.prompt_seed}.",
+            f"Model `{self.model}`: {self.n} prompts, {', '.join(map(str, self.steps))} steps of {self.scheduler}, "
+            f"guidance {self.guidance_scale}, {self.decoder} decoder, seeds {self.seed}..{self.seed + self.n - 1}, "
+            f"prompt seed {self.prompt_seed}."
+            + (f" Compared with {self.reference}." if self.reference else ""),
             "",
             "| " + " | ".join(head) + " |",
             "|" + "---|" * len(head),
@@ -115,73 +119,98 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
+@dataclass
+class Reference:
+    """Images the rows are compared with, made elsewhere: a teacher's FP32 images, for a
+    distilled student's schedules."""
+
+    label: str  # its row's label, e.g. "teacher fp32"
+    steps: str  # how it was made, for its row
+    images: np.ndarray
+    seconds_per_image: float
+
+
+def generate_set(pipeline, schedule: list[str], prompts, *, seed: int, on_image=None, label: str = "", **params):
+    """``pipeline``'s images of ``prompts`` (seed ``seed + i`` each) under ``schedule``, as one
+    uint8 array, and the seconds per image; ``params``: the rest of ``GenerationParams``."""
+    from app.pipeline.types import GenerationParams
+
+    size = pipeline.info.default_size
+    generated, start = [], time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        request = GenerationParams(prompt=prompt.text, width=size, height=size, seed=seed + i, **params)
+        result = pipeline.generate(request, schedule)
+        generated.append(np.asarray(Image.open(io.BytesIO(result.images[0])).convert("RGB")))
+        if on_image is not None:
+            on_image(label, i)
+    return np.stack(generated), (time.perf_counter() - start) / len(prompts)
+
+
 def evaluate(
     pipeline,
     specs: list[tuple[str, PrecisionSpec]],
     *,
     n: int,
-    steps: int,
+    steps: int | list[int],
     guidance_scale: float,
     scheduler: str,
+    decoder: str = "full",
     seed: int = 0,
     prompt_seed: int = 1000,
     yardstick_dir: str | Path = DEFAULT_YARDSTICK,
+    reference: Reference | None = None,
     on_image=None,
 ) -> tuple[Report, dict[str, np.ndarray]]:
     """Run every schedule on the same ``n`` prompts and seeds; the report and each schedule's images.
 
     ``pipeline`` is an ``app.pipeline.loop.MixedPrecisionPipeline``; ``on_image(label, i)`` is
-    called after each image (progress).
+    called after each image (progress). Every row is compared with ``reference``'s images
+    where given (then ``steps`` may list several step counts, each schedule running at
+    each), else with the FP32 schedule's.
     """
-    from app.pipeline.types import GenerationParams
     from shapes import dataset, metrics, yardstick
 
     if n < 2:
         raise InvalidRequest(f"n must be at least 2 (the Fréchet distance needs two images), got {n}", param="n")
+    step_counts = [steps] if isinstance(steps, int) else list(steps)
+    if reference is None and len(step_counts) > 1:
+        raise InvalidRequest("several step counts need a reference made elsewhere (a teacher's images)", param="steps")
     classifier = yardstick.load(yardstick_dir)
-    resolved = [(label, resolve(spec, steps, pipeline.precisions)) for label, spec in specs]
     prompts = dataset.prompts(n, prompt_seed)
     real = np.stack([dataset.render(dataset.scene(i, prompt_seed, two_object_share=0.0)) for i in range(n)])
     real_features = yardstick.features(classifier, real)
-    size = pipeline.info.default_size
-
-    report = Report(pipeline.info.name, n, steps, guidance_scale, scheduler, seed, prompt_seed)
+    report = Report(pipeline.info.name, n, step_counts, guidance_scale, scheduler, seed, prompt_seed, decoder)
     images: dict[str, np.ndarray] = {}
     readings: dict[str, dict[str, list[str]]] = {}
-    for label, schedule in resolved:
-        generated, start = [], time.perf_counter()
-        for i, prompt in enumerate(prompts):
-            params = GenerationParams(
-                prompt=prompt.text,
-                width=size,
-                height=size,
-                steps=steps,
-                guidance_scale=guidance_scale,
-                seed=seed + i,
-                scheduler=scheduler,
-            )
-            result = pipeline.generate(params, schedule)
-            generated.append(np.asarray(Image.open(io.BytesIO(result.images[0])).convert("RGB")))
-            if on_image is not None:
-                on_image(label, i)
-        seconds = (time.perf_counter() - start) / n
-        batch = np.stack(generated)
-        images[label] = batch
-        readings[label] = yardstick.read(classifier, batch)
-        reference = images[REFERENCE]
-        is_reference = label == REFERENCE
+
+    def add_row(label: str, steps_text: str, batch: np.ndarray, seconds: float, is_reference: bool) -> None:
+        images[label], readings[label] = batch, yardstick.read(classifier, batch)
+        ref = next(iter(images))  # the first row is the reference
         report.rows.append(
             Row(
                 schedule=label,
-                steps=describe(schedule),
+                steps=steps_text,
                 accuracy=metrics.prompt_accuracy([p.named for p in prompts], readings[label]),
-                agreement=None if is_reference else metrics.reading_agreement(readings[label], readings[REFERENCE]),
+                agreement=None if is_reference else metrics.reading_agreement(readings[label], readings[ref]),
                 frechet=metrics.frechet_distance(yardstick.features(classifier, batch), real_features),
-                psnr_db=None if is_reference else _mean([metrics.psnr(a, b) for a, b in zip(batch, reference)]),
-                ssim=None if is_reference else _mean([metrics.ssim(a, b) for a, b in zip(batch, reference)]),
+                psnr_db=None if is_reference else _mean([metrics.psnr(a, b) for a, b in zip(batch, images[ref])]),
+                ssim=None if is_reference else _mean([metrics.ssim(a, b) for a, b in zip(batch, images[ref])]),
                 seconds_per_image=seconds,
             )
         )
+
+    if reference is not None:
+        report.reference = f"{reference.label}: {reference.steps}"
+        add_row(reference.label, reference.steps, reference.images, reference.seconds_per_image, True)
+    for count in step_counts:
+        for label, spec in specs:
+            schedule = resolve(spec, count, pipeline.precisions)
+            row_label = label if len(step_counts) == 1 else f"{label} @{count}"
+            batch, seconds = generate_set(
+                pipeline, schedule, prompts, seed=seed, on_image=on_image, label=row_label,
+                steps=count, guidance_scale=guidance_scale, scheduler=scheduler, decoder=decoder,
+            )  # fmt: skip
+            add_row(row_label, describe(schedule), batch, seconds, reference is None and label == REFERENCE)
     return report, images
 
 

@@ -1,12 +1,16 @@
-"""The plots of docs/QUANTIZATION.md: QAT loss curves and image fidelity by schedule.
+"""The plots of docs/QUANTIZATION.md and docs/FEW_STEPS.md: QAT loss curves, image fidelity by
+schedule, and a few-step model's fidelity by step count.
 
     python -m shapes.plots --loss qat=runs/qat/int8-qat/loss.jsonl \\
         --eval runs/eval-qat/eval.json --out docs/
+    python -m shapes.plots --few-steps runs/eval-lcm/eval.json --few-steps runs/eval-teacher-few/eval.json
 
 writes ``qat-loss.png`` (each run's distillation loss, the student's output against the
-FP32 teacher's, and its denoising loss, smoothed over ``--window`` steps) and
+FP32 teacher's, and its denoising loss, smoothed over ``--window`` steps),
 ``fidelity-by-schedule.png`` (1 − SSIM against the FP32 image of the same seed, per
-schedule, BF16's own as a line). Needs matplotlib (``pip install -e ".[plots]"``).
+schedule, BF16's own as a line) and ``few-step-fidelity.png`` (prompt accuracy and SSIM
+against the reference, per schedule and step count, of ``mixdiff eval --steps 1,2,4,8
+--reference-model`` reports). Needs matplotlib (``pip install -e ".[plots]"``).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def fidelity_bars(reports: list[Path], out: Path) -> None:
     rows, header = {}, None
     for path in reports:
         report = json.loads(Path(path).read_text())
-        header = header or f"{report['n']} prompts, {report['steps']} steps, guidance {report['guidance_scale']}"
+        steps = ", ".join(map(str, report["steps"])) if isinstance(report["steps"], list) else report["steps"]
+        header = header or f"{report['n']} prompts, {steps} steps, guidance {report['guidance_scale']}"
         rows.update({row["schedule"]: 1 - row["ssim"] for row in report["rows"] if row["ssim"] is not None})
     floor = rows.pop("bf16", None)
     labels = list(rows)
@@ -70,10 +75,45 @@ def fidelity_bars(reports: list[Path], out: Path) -> None:
     plt.close(fig)
 
 
+def few_step_curves(reports: list[Path], out: Path) -> None:
+    """Prompt accuracy and SSIM against the reference by step count, one line per model and schedule;
+    the reference's accuracy as a line."""
+    import matplotlib.pyplot as plt
+
+    fig, (accuracy_axis, ssim_axis) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    reference = None
+    for path in reports:
+        report = json.loads(Path(path).read_text())
+        reference = reference or report["rows"][0]
+        lines: dict[str, list[tuple[int, dict]]] = {}
+        for row in report["rows"][1:]:
+            schedule, _, steps = row["schedule"].rpartition(" @")
+            lines.setdefault(f"{report['model']} {schedule}", []).append((int(steps), row))
+        for label, points in lines.items():
+            steps = [n for n, _ in points]
+            accuracy_axis.plot(steps, [100 * r["accuracy"]["overall"] for _, r in points], marker="o", label=label)
+            ssim_axis.plot(steps, [r["ssim"] for _, r in points], marker="o", label=label)
+    accuracy_axis.axhline(100 * reference["accuracy"]["overall"], color="gray", linestyle="--",
+                          label=f"{reference['schedule']}, {reference['steps']}")  # fmt: skip
+    accuracy_axis.set(title="prompt accuracy (%)", xlabel="steps", xscale="log", ylim=(0, 100))
+    ssim_axis.set(title=f"SSIM against {reference['schedule']}", xlabel="steps", xscale="log", ylim=(0, 1))
+    for axis in (accuracy_axis, ssim_axis):
+        axis.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
+        axis.grid(alpha=0.3)
+    accuracy_axis.legend(fontsize=8)
+    fig.suptitle("A few-step model by step count")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shapes.plots", description=__doc__.split("\n\n")[0])
     parser.add_argument("--loss", action="append", default=[], metavar="LABEL=LOSS_JSONL", help="a training log")
     parser.add_argument("--eval", action="append", default=[], type=Path, metavar="EVAL_JSON", help="a mixdiff eval report")
+    parser.add_argument(
+        "--few-steps", action="append", default=[], type=Path, metavar="EVAL_JSON",
+        help="a mixdiff eval report over several step counts",
+    )  # fmt: skip
     parser.add_argument("--window", type=int, default=25, help="steps of the loss curves' running mean")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for the PNGs")
     args = parser.parse_args(argv)
@@ -84,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval:
         fidelity_bars(args.eval, args.out / "fidelity-by-schedule.png")
         print(f"wrote {args.out / 'fidelity-by-schedule.png'}")
+    if args.few_steps:
+        few_step_curves(args.few_steps, args.out / "few-step-fidelity.png")
+        print(f"wrote {args.out / 'few-step-fidelity.png'}")
     return 0
 
 

@@ -11,16 +11,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("app", "bench", "common", "kernels", "quantization", "shapes")
+PACKAGES = ("app", "bench", "common", "distillation", "kernels", "quantization", "shapes")
 #: What each package may import of the others (``app`` and ``bench`` sit on top and may import all).
 ALLOWED = {
     "common": set(),
+    "distillation": {"common"},
     "kernels": set(),
     "quantization": {"kernels", "common"},
     "shapes": {"app", "common", "kernels", "quantization"},
 }
 #: Modules a server never needs: what calibrates, trains, exports, packages or scans.
 BUILD_MODULES = (
+    "common.training",
+    "distillation",
     "quantization.aoti_codegen",
     "quantization.build",
     "quantization.calibration",
