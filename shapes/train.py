@@ -19,7 +19,11 @@ warm-up and cosine decay, usually at a lower rate and another seed) and its text
 is kept as it is. The shipped UNet is stage 2 continued this way (the model card gives the
 commands).
 
-``pipeline`` runs both stages. Training runs under bf16 autocast with fp32 master weights (AMX
+``tiny-decoder --model DIR`` distills a finished pipeline's VAE decoder into a tiny one (TAESD's
+``AutoencoderTiny``) for fast previews and few-step sampling: trained to draw what the full decoder
+draws from the same latents, written to ``DIR/vae_tiny`` with its fidelity and decode times.
+
+``pipeline`` runs the first two stages. Training runs under bf16 autocast with fp32 master weights (AMX
 makes bf16 much faster than fp32 on Xeon CPUs); every random draw comes from the seeds below.
 The yardstick classifier has its own subcommand: ``python -m shapes.train yardstick``.
 """
@@ -31,19 +35,20 @@ import copy
 import json
 import math
 import shutil
+import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline
+from diffusers import AutoencoderTiny, StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor
 
-from shapes import architecture, dataset
+from shapes import architecture, dataset, metrics
 
 #: Data-set seeds of each stage, so no stage trains on another's held-out images.
-VAE_SEED, SCALE_SEED, POOL_SEED, DECODER_SEED, TEXT_SEED = 1, 2, 3, 4, 5
+VAE_SEED, SCALE_SEED, POOL_SEED, DECODER_SEED, TEXT_SEED, TINY_SEED, TINY_HELD_OUT_SEED = 1, 2, 3, 4, 5, 6, 7
 #: What the text encoder learns to read from a caption, per object (two at most), then the background.
 TEXT_TARGETS = {"shape": dataset.SHAPES, "color": dataset.COLOR_NAMES, "size": dataset.SIZES, "position": dataset.POSITIONS}
 
@@ -97,13 +102,33 @@ def _to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 class _Log:
+    """Progress every ``every`` steps: time since the start, the values given, and the stage's ETA
+    (its mean step time since its first step, times the steps left)."""
+
     def __init__(self, every: int):
-        self.every, self.start = every, time.time()
+        self.every, self.start, self.stage_starts = every, time.time(), {}
 
     def __call__(self, stage: str, step: int, total: int, **values: float) -> None:
+        now = time.time()
+        first_step, first_time = self.stage_starts.setdefault(stage, (step, now))
         if step % self.every == 0 or step == total:
             shown = " ".join(f"{k}={v:.4f}" for k, v in values.items())
-            print(f"[{time.time() - self.start:7.0f}s] {stage} {step}/{total} {shown}", flush=True)
+            eta = (now - first_time) / max(1, step - first_step) * (total - step)
+            print(f"[{now - self.start:7.0f}s] {stage} {step}/{total} {shown} eta {eta / 60:.1f} min", flush=True)
+
+
+def _l1_l2(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The reconstruction loss of every stage that draws images: L1 (sharp edges) + L2 (no large errors)."""
+    return F.l1_loss(output, target) + F.mse_loss(output, target)
+
+
+def _posterior_sample(vae, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A sample (unscaled) of the frozen encoder's posterior of ``x``, drawn from ``gen``."""
+    with torch.no_grad(), _autocast(x.device):
+        posterior = vae.encode(x).latent_dist
+    return posterior.mean.float() + posterior.std.float() * torch.randn(
+        posterior.mean.shape, generator=gen, device=x.device
+    )
 
 
 def train_vae(vae, args, device, log) -> None:
@@ -116,7 +141,7 @@ def train_vae(vae, args, device, log) -> None:
             posterior = vae.encode(x).latent_dist
             recon = vae.decode(posterior.sample()).sample
         recon = recon.float()
-        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        rec = _l1_l2(recon, x)
         kl = posterior.kl().mean() / (x[0].numel())
         loss = rec + args.vae_kl * kl
         opt.step(loss)
@@ -139,14 +164,10 @@ def finetune_decoder(vae, args, device, log) -> None:
     for step in range(1, args.decoder_steps + 1):
         start = (step - 1) * args.vae_batch
         x = _to_tensor(dataset.images(range(start, start + args.vae_batch), DECODER_SEED), device)
-        with torch.no_grad(), _autocast(device):
-            posterior = vae.encode(x).latent_dist
-        z = posterior.mean.float() + posterior.std.float() * torch.randn(
-            posterior.mean.shape, generator=gen, device=device
-        )
+        z = _posterior_sample(vae, x, gen)
         with _autocast(device):
             recon = vae.decode(z).sample.float()
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        loss = _l1_l2(recon, x)
         opt.step(loss)
         log("decoder", step, args.decoder_steps, rec=loss.item())
     vae.eval()
@@ -302,17 +323,156 @@ def _reconstruction_psnr(vae, images: np.ndarray, device) -> float:
     return float(-10 * torch.log10(F.mse_loss(recon.clamp(-1, 1) / 2, x / 2)))
 
 
-def _start(args) -> tuple[torch.device, _Log, Path]:
+#: The tiny decoder (TAESD's ``AutoencoderTiny``, as diffusers builds it) at this model's scale: three levels of
+#: ``TINY_WIDTH`` channels with two x2 upsamplings between them (16x16x4 latents -> 64x64x3 px), holding
+#: ``TINY_BLOCKS`` blocks of three plain 3x3 convolutions and ReLUs; no normalization and no attention, where the
+#: full decoder spends much of its time at this size. ``DecoderTiny`` keeps one width throughout, and at 64x64 px
+#: the width costs most, so it is the full decoder's width there (16). The models/mixdiff-shapes README has its
+#: decode times against the full decoder's.
+TINY_WIDTH, TINY_BLOCKS = 16, (3, 3, 1)
+
+
+def tiny_autoencoder() -> AutoencoderTiny:
+    """An untrained tiny autoencoder whose decoder ``tiny-decoder`` trains.
+
+    As TAESD in diffusers: ``scaling_factor`` 1, because it decodes the latents the UNet sees (the VAE's,
+    times the VAE's scaling factor), and its images are in [-1, 1] as the VAE's. Only the decoder is
+    trained and used; the encoder, which ``AutoencoderTiny`` must have, is the smallest of the right shape
+    (x4 down to 4 channels, no blocks) and stays untrained.
+    """
+    return AutoencoderTiny(
+        encoder_block_out_channels=(TINY_WIDTH,) * 3,
+        num_encoder_blocks=(0, 0, 0),
+        decoder_block_out_channels=(TINY_WIDTH,) * 3,
+        num_decoder_blocks=TINY_BLOCKS,
+        upsampling_scaling_factor=2,
+        latent_channels=architecture.LATENT_CHANNELS,
+        scaling_factor=1.0,
+    )
+
+
+def distill_tiny_decoder(tiny, vae, args, device, log) -> list[float]:
+    """Train ``tiny``'s decoder to draw what the frozen ``vae`` draws from the same latents; returns the losses.
+
+    Its inputs are posterior samples of data-set images times the VAE's scaling factor (the latents as the
+    UNet sees them), so it also learns the slightly-off latents a sampler ends on; its target is the full
+    decoder's image of the same latents, clamped to what an image can show ([-1, 1]): the tiny decoder
+    imitates the full one, not the data set. ``args.image_weight`` adds the same loss against the original
+    image. Its random draws come from a generator of its own.
+    """
+    gen = torch.Generator(device).manual_seed(args.seed + TINY_SEED)
+    opt = _Optimizer(tiny.decoder.parameters(), lr=args.lr, steps=args.steps, weight_decay=0.0)
+    scaling_factor = vae.config.scaling_factor
+    losses = []
+    tiny.decoder.train()
+    for step in range(1, args.steps + 1):
+        start = (step - 1) * args.batch
+        x = _to_tensor(dataset.images(range(start, start + args.batch), TINY_SEED), device)
+        z = _posterior_sample(vae, x, gen)
+        with torch.no_grad(), _autocast(device):
+            target = vae.decode(z).sample.float().clamp(-1, 1)
+        with _autocast(device):
+            drawn = tiny.decode(z * scaling_factor).sample.float()
+        loss = _l1_l2(drawn, target)
+        if args.image_weight:
+            loss = loss + args.image_weight * _l1_l2(drawn, x)
+        opt.step(loss)
+        losses.append(loss.item())
+        log("tiny-decoder", step, args.steps, loss=loss.item(), lr=opt.lr)
+    tiny.eval()
+    return losses
+
+
+def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """Decoded (n, 3, h, w) in [-1, 1] -> uint8 (n, h, w, 3), rounded as the pipeline rounds its images."""
+    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def _mean(values) -> float:
+    """The mean of ``values``, rounded as the summaries write it."""
+    return round(float(np.mean(list(values))), 4)
+
+
+@torch.no_grad()
+def decoder_fidelity(vae, tiny, latents: torch.Tensor, classifier, images: np.ndarray | None = None) -> dict:
+    """How close ``tiny``'s images of the UNet-scale ``latents`` come to the full VAE's, both in fp32: mean PSNR
+    (dB) and SSIM, and the share of images the yardstick ``classifier`` reads exactly as their full decode
+    (every attribute). Given the ``images`` the latents encode, also each decoder's PSNR against them."""
+    from shapes import yardstick
+
+    full = _to_uint8(vae.decode(latents / vae.config.scaling_factor).sample)
+    small = _to_uint8(tiny.decode(latents).sample)
+    result = {
+        "images": len(latents),
+        "psnr_db": _mean(map(metrics.psnr, small, full)),
+        "ssim": _mean(map(metrics.ssim, small, full)),
+        "reading_agreement": round(
+            metrics.reading_agreement(yardstick.read(classifier, small), yardstick.read(classifier, full)), 4
+        ),
+    }
+    if images is not None:
+        result["tiny_psnr_db_vs_images"] = _mean(map(metrics.psnr, small, images))
+        result["full_psnr_db_vs_images"] = _mean(map(metrics.psnr, full, images))
+    return result
+
+
+@torch.no_grad()
+def generated_latents(pipe, args) -> torch.Tensor:
+    """The latents (UNet scale) the pipeline ends on for one-object data-set prompts: what a decoder is served."""
+    prompts = [p.text for p in dataset.prompts(args.eval_prompts, TINY_HELD_OUT_SEED)]
+    return pipe(
+        prompts,
+        num_inference_steps=args.eval_steps,
+        guidance_scale=args.guidance_scale,
+        generator=torch.Generator().manual_seed(args.seed),
+        output_type="latent",
+    ).images
+
+
+def decode_times(models: dict, reps: int, warmup: int = 3) -> dict:
+    """Median milliseconds of one decode of a batch of 1 and of 8 random latents, per model, in fp32 and in bf16
+    channels-last (as the server decodes). The models take turns, so a busy machine slows them alike."""
+    times: dict = {name: {} for name in models}
+    latent = (architecture.LATENT_CHANNELS, dataset.SIZE // 4, dataset.SIZE // 4)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        converted = {name: copy.deepcopy(m).to(dtype, memory_format=torch.channels_last) for name, m in models.items()}
+        for batch in (1, 8):
+            z = torch.randn(batch, *latent).to(dtype, memory_format=torch.channels_last)
+            seconds: dict = {name: [] for name in models}
+            with torch.inference_mode():
+                for rep in range(warmup + reps):
+                    for name, model in converted.items():
+                        t0 = time.perf_counter()
+                        model.decode(z)
+                        if rep >= warmup:
+                            seconds[name].append(time.perf_counter() - t0)
+            for name, s in seconds.items():
+                times[name].setdefault(precision, {})[f"batch_{batch}"] = round(1e3 * statistics.median(s), 3)
+    return times
+
+
+def _runtime(args) -> tuple[torch.device, _Log]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    return torch.device(args.device), _Log(args.log_every)
+
+
+def _start(args) -> tuple[torch.device, _Log, Path]:
+    device, log = _runtime(args)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    return torch.device(args.device), _Log(args.log_every), work
+    return device, log, work
+
+
+def _recipe(args) -> dict:
+    """The flags that make the result (not where it is read from or written to)."""
+    paths = ("func", "out", "work", "device", "vae", "model", "yardstick")
+    return {k: v for k, v in vars(args).items() if k not in paths}
 
 
 def _summary(path: Path, args, **values) -> None:
     summary = {
-        "recipe": {k: v for k, v in vars(args).items() if k not in ("func", "out", "work", "device", "vae")},
+        "recipe": _recipe(args),
         "device": args.device,
         **{k: round(v, 4) for k, v in values.items()},
     }
@@ -416,6 +576,48 @@ def denoiser_command(args) -> int:
     return 0
 
 
+def tiny_decoder_command(args) -> int:
+    """Stage 4: ``--model``'s VAE decoder distilled into a tiny one, written with its ``fidelity.json`` (the
+    training loss, PSNR/SSIM and yardstick agreement against the full decoder on held-out and on generated
+    latents, and decode times of both) to ``--out``, by default ``<model>/vae_tiny``."""
+    from shapes import yardstick
+
+    device, log = _runtime(args)
+    out = Path(args.out) if args.out else Path(args.model) / "vae_tiny"
+    pipe = StableDiffusionPipeline.from_pretrained(args.model, local_files_only=True, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    vae = pipe.vae.eval().requires_grad_(False)
+    _math_attention(vae)
+    tiny = tiny_autoencoder()
+
+    t0 = time.time()
+    losses = distill_tiny_decoder(tiny.to(device), vae.to(device), args, device, log)
+    train_seconds = time.time() - t0
+    tiny.cpu().requires_grad_(False).save_pretrained(out, safe_serialization=True)
+    vae.cpu()
+
+    classifier = yardstick.load(args.yardstick)
+    images = dataset.images(range(args.eval_images), TINY_HELD_OUT_SEED)
+    held_out = encode(vae, images, torch.device("cpu")) * vae.config.scaling_factor
+    ends = max(1, len(losses) // 10)
+    fidelity = {
+        "recipe": _recipe(args),
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "parameters": {
+            "tiny_decoder": sum(p.numel() for p in tiny.decoder.parameters()),
+            "full_decoder": sum(p.numel() for p in [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]),
+        },
+        "train_seconds": round(train_seconds, 1),
+        "train_loss": {"first_tenth": _mean(losses[:ends]), "last_tenth": _mean(losses[-ends:])},
+        "held_out": decoder_fidelity(vae, tiny, held_out, classifier, images),
+        "generated": decoder_fidelity(vae, tiny, generated_latents(pipe, args), classifier),
+        "decode_ms": decode_times({"full": vae, "tiny": tiny}, args.timing_reps),
+    }
+    (out / "fidelity.json").write_text(json.dumps(fidelity, indent=2) + "\n")
+    print(json.dumps(fidelity, indent=2), flush=True)
+    return 0
+
+
 def pipeline_command(args) -> int:
     """Both stages, one after the other."""
     return vae_command(args) or denoiser_command(args)
@@ -437,13 +639,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shapes.train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
 
-    def common(p, vae_help: str) -> None:
-        p.add_argument("--vae", default="runs/shapes/vae", help=vae_help)
-        p.add_argument("--work", default="runs/shapes", help="folder for the tokenizer draft, checkpoints, summaries")
+    def runtime(p) -> None:
         p.add_argument("--device", default="cpu")
         p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--log-every", type=int, default=100)
+
+    def common(p, vae_help: str) -> None:
+        p.add_argument("--vae", default="runs/shapes/vae", help=vae_help)
+        p.add_argument("--work", default="runs/shapes", help="folder for the tokenizer draft, checkpoints, summaries")
+        runtime(p)
 
     def vae_flags(p) -> None:
         p.add_argument("--vae-steps", type=int, default=800)
@@ -499,6 +704,23 @@ def main(argv: list[str] | None = None) -> int:
     vae_flags(p)
     denoiser_flags(p)
     p.set_defaults(func=pipeline_command)
+
+    t = sub.add_parser("tiny-decoder", help="stage 4: distill a pipeline's VAE decoder into a tiny one (TAESD's)")
+    t.add_argument("--model", default="models/mixdiff-shapes", help="pipeline folder whose VAE decoder is distilled")
+    t.add_argument("--out", default=None, help="folder to write (default: <model>/vae_tiny)")
+    runtime(t)
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--image-weight", type=float, default=0.0,
+                   help="weight of the same L1 + L2 loss against the original image (0: the full decoder's only)")
+    t.add_argument("--eval-images", type=int, default=256, help="held-out data-set images whose latents it decodes")
+    t.add_argument("--eval-prompts", type=int, default=32, help="prompts whose generated latents it decodes")
+    t.add_argument("--eval-steps", type=int, default=50, help="DDIM steps of those generations")
+    t.add_argument("--guidance-scale", type=float, default=5.0)
+    t.add_argument("--yardstick", default="models/shapes-yardstick", help="classifier whose readings are compared")
+    t.add_argument("--timing-reps", type=int, default=100, help="timed decodes per model, precision and batch")
+    t.set_defaults(func=tiny_decoder_command)
 
     y = sub.add_parser("yardstick", help="train the classifier that reads generated images")
     y.add_argument("--out", default="models/shapes-yardstick")
