@@ -7,7 +7,9 @@ variants are built from. ``openvino-bf16`` is OpenVINO's CPU plugin with
 weights per output channel, 8-bit activations per tensor; the transformer preset, without
 bias correction, as OpenVINO's own Stable Diffusion examples quantize their UNet), calibrated
 on the same random inputs at the same timesteps as mixdiff's INT8, run with BF16 for what
-stays unquantized. Both run with as many threads as torch, latency-tuned.
+stays unquantized. Both run with as many threads as torch, latency-tuned. ``bf16_call``
+converts and runs any other module so (``mixdiff bench --time-to-image``: the text encoder
+and the decoders).
 
 An optional extra (``pip install -e ".[peer]"``): neither the server nor the tests need it.
 """
@@ -43,6 +45,31 @@ def versions() -> dict[str, str]:
     return {"openvino": openvino.__version__.split("-")[0], "nncf": nncf.__version__}
 
 
+def _config() -> dict:
+    """The CPU plugin's settings for every model of the peer: BF16 where not quantized, torch's
+    threads, latency-tuned."""
+    return {
+        "INFERENCE_PRECISION_HINT": "bf16",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+    }
+
+
+def bf16_call(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[Callable[[], torch.Tensor], float]:
+    """``module`` (a text encoder, a decoder) converted by ``openvino.convert_model`` and compiled as
+    ``openvino-bf16`` is: a no-argument callable running it on ``example`` (returning its first output
+    as a torch tensor), and the seconds converting and compiling took."""
+    import openvino as ov
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        model = ov.convert_model(module, example_input=example)
+    compiled = ov.Core().compile_model(model, "CPU", _config())
+    args = [t.numpy() for t in example]
+    compiled(args)  # the first inference allocates
+    return lambda: torch.from_numpy(compiled(args)[0].copy()), time.perf_counter() - start
+
+
 def _numpy(inputs: UNetInputs) -> list:
     return [t.numpy() for t in inputs.args()]
 
@@ -56,11 +83,7 @@ def steps(
     import openvino as ov
 
     core = ov.Core()
-    config = {
-        "INFERENCE_PRECISION_HINT": "bf16",
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-    }
+    config = _config()
     args = _numpy(inputs)
     start = time.perf_counter()
     with torch.no_grad():

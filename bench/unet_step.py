@@ -64,28 +64,32 @@ def random_inputs(unet, t: float, seed: int, batch: int = 2) -> UNetInputs:
     )
 
 
-def calibration_inputs(unet) -> list[UNetInputs]:
+def calibration_inputs(unet, batch: int = 2) -> list[UNetInputs]:
     """What every INT8 variant of the benchmark is calibrated on, mixdiff's and the peer's:
-    random inputs at six timesteps spread over the schedule."""
-    return [random_inputs(unet, t, seed=i) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
+    random inputs of ``batch`` at six timesteps spread over the schedule."""
+    return [random_inputs(unet, t, seed=i, batch=batch) for i, t in enumerate((999, 800, 600, 400, 200, 1))]
 
 
 def int8_graph(unet, inputs: UNetInputs, quantizer=None) -> torch.fx.GraphModule:
-    """``unet`` quantized as ``mixdiff bench`` quantizes it, on ``calibration_inputs``, ready for
-    ``build_package``. ``quantizer``: the artifacts' own (``ptq.make_quantizer()``) unless given."""
+    """``unet`` quantized as ``mixdiff bench`` quantizes it, exported for and calibrated at the batch of
+    ``inputs`` (on ``calibration_inputs``), ready for ``build_package``. ``quantizer``: the artifacts' own
+    (``ptq.make_quantizer()``) unless given."""
     quantizer = quantizer if quantizer is not None else make_quantizer()
-    return quantize_graph(export_unet(unet, inputs), quantizer, calibration_inputs(unet))
+    batch = inputs.batch
+    return quantize_graph(export_unet(unet, inputs, batch), quantizer, calibration_inputs(unet, batch), batch)
 
 
-def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Callable], dict]:
-    """A no-argument callable per variant running one step, and what building each cost.
-    FP32 and BF16 are the server's own ``EagerUNet`` variants (FP32 is ``unet`` itself)."""
+def build_steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Callable], dict]:
+    """A no-argument callable per variant running one step on ``inputs`` (INT8 built for their batch),
+    and what building each cost. FP32 and BF16 are the server's own ``EagerUNet`` variants (FP32 is
+    ``unet`` itself)."""
     args = inputs.args()
     steps: dict[str, Callable] = {}
     build: dict[str, dict] = {}
     peers = [name for name in variants if name in openvino_peer.VARIANTS]
     if peers:
-        peer_steps, peer_build = openvino_peer.steps(unet, inputs, calibration_inputs(unet), peers)
+        calibration = calibration_inputs(unet, inputs.batch)
+        peer_steps, peer_build = openvino_peer.steps(unet, inputs, calibration, peers)
         steps.update(peer_steps)
         build.update(peer_build)
     # eager variants last: FP32 eager turns ``unet`` itself channels-last, which the others must not inherit
@@ -100,7 +104,7 @@ def _steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Ca
         elif name == "int8-compiled":
             converted = int8_graph(unet, inputs)
             package, weights = work / "int8.pt2", work / "int8.safetensors"
-            build_package(converted, inputs, package, weights)
+            build_package(converted, inputs, package, weights, inputs.batch)
             del converted
             malloc.release()  # the build's freed memory, before the steps are timed
             built = time.perf_counter()
@@ -222,7 +226,7 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
     inputs = random_inputs(unet, 500, seed=100)
     with tempfile.TemporaryDirectory(prefix="mixdiff-bench-") as work, torch.no_grad():
         reference = UNetGraph(unet)(*inputs.args()).float()  # before any variant touches ``unet``
-        steps, build = _steps(unet, variants, inputs, Path(work))
+        steps, build = build_steps(unet, variants, inputs, Path(work))
         times = interleaved(steps, rounds, warmup)
         errors = {name: rel_error(step(), reference) for name, step in steps.items()}
     median = {name: statistics.median(t) for name, t in times.items()}

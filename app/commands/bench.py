@@ -1,18 +1,23 @@
 """``mixdiff bench``: one UNet step in FP32, BF16 (eager and compiled) and INT8, side by side;
-with ``--service``, the server end to end.
+with ``--service``, the server end to end; with ``--time-to-image``, a few-step image's time.
 
 The UNet is SD 1.5's architecture with random weights on SD 1.5's shapes (CFG batch
 2, 64x64 latents); compiling takes minutes. ``--service`` saves an SD 1.5-architecture
 pipeline with random weights and its INT8 artifact under ``--work`` (reused by later
 runs), starts ``mixdiff serve`` on it (BF16 eager, then BF16 compiled, each with the
 INT8 artifact) and records start-up, worker memory and 50-step 512x512 generations of
-BF16, the k=5 mixed schedule and INT8. Results go to PREFIX.md and PREFIX.json.
+BF16, the k=5 mixed schedule and INT8. ``--time-to-image`` times, at batch 1 (no CFG),
+each part of an image of SD 1.5- and SD 2.1-architecture models with random weights (text
+encoder, BF16 and INT8 UNet steps, full and tiny decoder, each interleaved with the others)
+and composes the time to a 1- and 4-step 512x512 image per schedule and decoder; builds take
+minutes per UNet. Results go to PREFIX.md and PREFIX.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +27,22 @@ from common import malloc
 
 # bench.unet_step.VARIANTS
 _VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", "int8-compiled")
+# bench.time_to_image.ARCHITECTURES
+_ARCHITECTURES = ("sd15", "sd21", "tiny")
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _step_counts(text: str) -> list[int]:
+    try:
+        counts = [int(n) for n in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated step counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"step counts must be at least 1, got {text!r}")
+    return counts
 
 
 def register(subparsers) -> None:
@@ -50,19 +71,43 @@ def register(subparsers) -> None:
         choices=("openvino",),
         default=None,
         help="also time OpenVINO's BF16 and NNCF's INT8 on the same UNet, inputs and threads, interleaved with "
-        "mixdiff's variants, with each one's error against FP32 (the optional extra: pip install -e '.[peer]')",
+        "mixdiff's variants, with each one's error against FP32 (with --time-to-image, its text encoder and "
+        "decoders too; the optional extra: pip install -e '.[peer]')",
     )
-    parser.add_argument("--service", action="store_true", help="benchmark the server end to end instead of one step")
-    parser.add_argument("--work", type=Path, default=Path("runs/bench"), help="--service: where the model folder is kept")
-    parser.add_argument("--steps", type=int, default=50, help="--service: denoising steps per generation")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--service", action="store_true", help="benchmark the server end to end instead of one step")
+    mode.add_argument(
+        "--time-to-image",
+        action="store_true",
+        help="time each part of a few-step image at batch 1 and compose the time to image per step count, "
+        "schedule (bf16, bf16/int8:1:1, int8) and decoder (full, tiny); with --peer, OpenVINO's beside it",
+    )
     parser.add_argument(
-        "--out", type=Path, default=None, help="output prefix (.md and .json); bench/unet-step or bench/service"
+        "--work", type=Path, default=Path("runs/bench"), help="--service: where the model folder is kept"
+    )
+    parser.add_argument(
+        "--steps",
+        type=_step_counts,
+        default=None,
+        help="--service: denoising steps per generation (default 50); --time-to-image: comma-separated step "
+        "counts to compose (default 1,4)",
+    )
+    parser.add_argument(
+        "--archs",
+        default="sd15,sd21",
+        help=f"--time-to-image: comma-separated, from: {', '.join(_ARCHITECTURES)} (tiny: a quick smoke run)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output prefix (.md and .json); bench/unet-step, bench/service or bench/time-to-image",
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    variants = _names(args.variants)
     unknown = [v for v in variants if v not in _VARIANTS]
     if unknown or not variants:
         print(f"mixdiff bench: unknown variant(s) {', '.join(unknown) or '(none given)'}; "
@@ -70,6 +115,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.peer and args.service:
         print("mixdiff bench: --peer times UNet steps; it does not go with --service", file=sys.stderr)
+        return 2
+    archs = _names(args.archs)
+    unknown = [a for a in archs if a not in _ARCHITECTURES]
+    if args.time_to_image and (unknown or not archs):
+        print(f"mixdiff bench: unknown architecture(s) {', '.join(unknown) or '(none given)'}; "
+              f"known: {', '.join(_ARCHITECTURES)}", file=sys.stderr)
+        return 2
+    if args.service and args.steps is not None and len(args.steps) != 1:
+        print("mixdiff bench: --service takes one step count", file=sys.stderr)
         return 2
     if args.peer:
         from bench import openvino_peer
@@ -89,10 +143,17 @@ def run(args: argparse.Namespace) -> int:
         return subprocess.call([sys.executable, "-m", "app.cli", *args.argv], env=environ)
     from bench import unet_step
 
-    if args.service:
+    if args.time_to_image:
+        from bench import time_to_image as report
+
+        command = shlex.join(["mixdiff", *args.argv])
+        steps = args.steps or [1, 4]
+        result = report.run(archs, step_counts=steps, rounds=args.rounds, peer=bool(args.peer), command=command)
+        default_out = Path("bench/time-to-image")
+    elif args.service:
         from bench import service as report
 
-        result = report.run(args.work, unet=args.unet, rounds=args.rounds, steps=args.steps)
+        result = report.run(args.work, unet=args.unet, rounds=args.rounds, steps=(args.steps or [50])[0])
         default_out = Path("bench/service")
     else:
         report = unet_step
