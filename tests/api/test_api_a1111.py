@@ -91,7 +91,8 @@ def test_progress_follows_the_running_job_and_interrupt_cancels_it(api):
 def test_models_samplers_and_options(api):
     (model,) = api.get_sd_models()
     assert model["model_name"] == model["title"] == "tiny-random"
-    assert [s["name"] for s in api.get_samplers()] == ["DDIM", "PLMS", "Euler", "Euler a", "DPM++ 2M", "LMS"]
+    names = ["DDIM", "PLMS", "Euler", "Euler a", "DPM++ 2M", "LMS", "LCM", "TCD"]
+    assert [s["name"] for s in api.get_samplers()] == names
     assert api.get_options()["sd_model_checkpoint"] == "tiny-random"
 
 

@@ -75,10 +75,10 @@ def test_version(capsys):
 @pytest.mark.parametrize(
     "command, shown",
     [
-        (["eval"], ["(default: 100)", "(default: ddim)"]),
-        (["generate"], ["(default: ddim)", "(default: bf16)"]),
+        (["eval"], ["(default: 100)", "default: the model's (else ddim)"]),
+        (["generate"], ["default: the model's (else ddim)", "(default: bf16)"]),
         (["bench"], ["(default: sd15)"]),
-        (["quantize", "ptq"], ["(default: trajectory)", "(default: 7.5)"]),
+        (["quantize", "ptq"], ["(default: trajectory)", "(default: the model's, else 7.5)"]),
         (["quantize", "qat"], ["(default: 400)", "(default: 1e-05)"]),
     ],
 )
