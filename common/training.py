@@ -3,8 +3,8 @@ their data sources, learning-rate law, checkpoints and loss log.
 
 Training latents come from images with captions, encoded by the model's own VAE and
 text encoder (``Images``, ``ImageFolder``), or, data-free, from latents the FP32 model
-generates from prompts (``GeneratedLatents``). A run writes a line per step to
-``loss.jsonl`` and a ``TrainingState`` checkpoint every so often; resuming restores
+generates from prompts (``GeneratedLatents``). A ``TrainingRun`` writes a line per step
+to ``loss.jsonl`` and a ``TrainingState`` checkpoint every so often; resuming restores
 every random draw, so a resumed run continues exactly.
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import resource
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,3 +203,51 @@ class TrainingState:
         return saved["step"], saved["seconds"]
 
 
+
+
+class TrainingRun:
+    """A training run in its ``work`` folder: started afresh or resumed from the checkpoint there,
+    a loss-log line per step, progress with an ETA every fiftieth of the run, a checkpoint every
+    ``checkpoint_every`` steps, and what it cost."""
+
+    def __init__(self, name: str, state: TrainingState, work: Path, *, total: int, checkpoint_every: int,
+                 resume: bool):  # fmt: skip
+        work.mkdir(parents=True, exist_ok=True)
+        self.name, self.state, self.total, self.checkpoint_every = name, state, total, checkpoint_every
+        self.checkpoint, self.loss_log = work / CHECKPOINT, work / LOSS_LOG
+        self.first, self.seconds_before = 0, 0.0
+        if resume:
+            self.first, self.seconds_before = state.load(self.checkpoint)
+            truncate_log(self.loss_log, self.first)  # steps logged after the checkpoint are run again
+            log.info("%s: resumed at step %d from %s", name, self.first, self.checkpoint)
+        elif self.loss_log.exists():
+            self.loss_log.unlink()
+        self.started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds trained, those before a resume included."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def step(self, done: int, values: dict[str, float], config: dict) -> None:
+        """Record step ``done`` (its loss terms and learning rate ``values``); checkpoint it, with
+        ``config``, when one is due."""
+        record = {"step": done, **values, "seconds": round(self.seconds, 2)}
+        with self.loss_log.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if done % max(1, self.total // 50) == 0 or done == self.total:
+            eta = (time.perf_counter() - self.started) / (done - self.first) * (self.total - done)
+            shown = "  ".join(f"{k} {v:.3g}" for k, v in values.items())
+            log.info("%s %5d/%d  %s  %s elapsed, eta %s", self.name, done, self.total, shown, clock(self.seconds),
+                     clock(eta))  # fmt: skip
+        if done % self.checkpoint_every == 0 and done < self.total:
+            self.state.save(self.checkpoint, done, self.seconds, config)
+
+    def summary(self, **extra) -> dict:
+        """What the run cost, and its last logged step."""
+        return {
+            "train_seconds": round(self.seconds, 1),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            **extra,
+            "last_step": last_record(self.loss_log),
+        }

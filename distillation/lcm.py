@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,16 +38,12 @@ import torch
 import torch.nn.functional as F
 
 from common.training import (
-    CHECKPOINT,
-    LOSS_LOG,
     GeneratedLatents,
     Images,
+    TrainingRun,
     TrainingState,
-    clock,
     embed,
-    last_record,
     lr_factor,
-    truncate_log,
 )
 
 log = logging.getLogger(__name__)
@@ -183,21 +178,13 @@ class LCMConfig:
         target_params = list(target.parameters())
         state = TrainingState(student, optimizer, scheduler, [p.data for p in target_params], rng, generator)
 
-        # 3. resume
-        self.work.mkdir(parents=True, exist_ok=True)
-        checkpoint_path, loss_log = self.work / CHECKPOINT, self.work / LOSS_LOG
-        first, seconds_before = 0, 0.0
-        if self.resume:
-            first, seconds_before = state.load(checkpoint_path)
-            truncate_log(loss_log, first)  # steps logged after the checkpoint are run again
-            log.info("lcm: resumed at step %d from %s", first, checkpoint_path)
-        elif loss_log.exists():
-            loss_log.unlink()
+        # 3. the run: afresh, or from the checkpoint in ``work``
+        run = TrainingRun("lcm", state, self.work, total=self.train_steps, checkpoint_every=self.checkpoint_every,
+                          resume=self.resume)  # fmt: skip
 
         # 4. the loop
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast)
-        started = time.perf_counter()
-        for step in range(first, self.train_steps):
+        for step in range(run.first, self.train_steps):
             idx = torch.from_numpy(rng.integers(0, len(latents), size=self.batch))
             t = grid[torch.from_numpy(rng.integers(0, len(grid), size=self.batch))]
             s = (t - gap).clamp_min(0)
@@ -216,27 +203,10 @@ class LCMConfig:
             scheduler.step()
             with torch.no_grad():
                 torch._foreach_lerp_([p.data for p in target_params], [p.detach() for p in params], 1 - self.target_ema)
-            done, elapsed = step + 1, time.perf_counter() - started
-            record = {"step": done, "loss": round(loss.item(), 7), "lr": scheduler.get_last_lr()[0]}
-            record["seconds"] = round(seconds_before + elapsed, 2)
-            with loss_log.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            if done % max(1, self.train_steps // 50) == 0 or done == self.train_steps:
-                eta = elapsed / (done - first) * (self.train_steps - done)
-                log.info(
-                    "lcm %5d/%d  loss %.6f  lr %.2e  %s elapsed, eta %s",
-                    done, self.train_steps, record["loss"], record["lr"], clock(seconds_before + elapsed), clock(eta),
-                )  # fmt: skip
-            if done % self.checkpoint_every == 0 and done < self.train_steps:
-                state.save(checkpoint_path, done, seconds_before + elapsed, self.recipe())
+            run.step(step + 1, {"loss": round(loss.item(), 7), "lr": scheduler.get_last_lr()[0]}, self.recipe())
 
         student.requires_grad_(False)
-        self.summary = {
-            "train_seconds": round(seconds_before + time.perf_counter() - started, 1),
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "data_seconds": round(data_seconds, 1),
-            "last_step": last_record(loss_log),
-        }
+        self.summary = run.summary(data_seconds=round(data_seconds, 1))
         return student
 
     def _teacher_step(self, teacher, schedule: NoiseSchedule, xt, t, s, text, empty) -> torch.Tensor:

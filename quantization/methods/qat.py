@@ -22,9 +22,7 @@ for a seed, writes a checkpoint every ``checkpoint_every`` steps and a line per 
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import resource
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,18 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.training import (
-    CHECKPOINT,
-    LOSS_LOG,
-    GeneratedLatents,
-    Images,
-    TrainingState,
-    clock,
-    embed,
-    last_record,
-    lr_factor,
-    truncate_log,
-)
+from common.training import GeneratedLatents, Images, TrainingRun, TrainingState, embed, lr_factor
 from quantization.calibration import NORMAL_MEAN, NORMAL_STD
 from quantization.graph import drop_tensor_metadata_asserts
 from quantization.inputs import BATCH, run_in_batches
@@ -347,18 +334,11 @@ class QATConfig:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, self.warmup, self.train_steps))
         ema = [p.detach().clone() for p in params] if self.ema else None
 
-        # 3. resume
+        # 3. the run: afresh, or from the checkpoint in ``work``
         generator = torch.Generator().manual_seed(self.seed)
         state = TrainingState(student, optimizer, scheduler, ema, rng, generator)
-        self.work.mkdir(parents=True, exist_ok=True)
-        checkpoint_path, loss_log = self.work / CHECKPOINT, self.work / LOSS_LOG
-        first, seconds_before = 0, 0.0
-        if self.resume:
-            first, seconds_before = state.load(checkpoint_path)
-            truncate_log(loss_log, first)  # steps logged after the checkpoint are run again
-            log.info("qat: resumed at step %d from %s", first, checkpoint_path)
-        elif loss_log.exists():
-            loss_log.unlink()
+        run = TrainingRun("qat", state, self.work, total=self.train_steps, checkpoint_every=self.checkpoint_every,
+                          resume=self.resume)  # fmt: skip
 
         # 4. the loop. The student keeps the exported graph's inference semantics, as the teacher
         # does: a UNet has no batch norm, and torchao's move_exported_model_to_train would turn
@@ -369,8 +349,7 @@ class QATConfig:
             teacher = copy.deepcopy(graph)
             teacher_taps, student_taps = _Taps().add(teacher, nodes), _Taps().add(student, nodes)
         micro = self.batch // BATCH
-        started = time.perf_counter()
-        for step in range(first, self.train_steps):
+        for step in range(run.first, self.train_steps):
             optimizer.zero_grad(set_to_none=True)
             totals = {"loss": 0.0, "denoise": 0.0, "kd": 0.0, "feature_kd": 0.0}
             for _ in range(micro):
@@ -398,21 +377,8 @@ class QATConfig:
             if ema is not None:
                 with torch.no_grad():
                     torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - self.ema)
-            done = step + 1
-            elapsed = time.perf_counter() - started
-            record = {"step": done, **{k: round(v, 7) for k, v in totals.items()}, "lr": scheduler.get_last_lr()[0]}
-            record["seconds"] = round(seconds_before + elapsed, 2)
-            with loss_log.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            if done % max(1, self.train_steps // 50) == 0 or done == self.train_steps:
-                eta = elapsed / (done - first) * (self.train_steps - done)
-                log.info(
-                    "qat %5d/%d  loss %.5f  denoise %.5f  kd %.6f  feature %.4f  lr %.2e  %s elapsed, eta %s",
-                    done, self.train_steps, totals["loss"], totals["denoise"], totals["kd"], totals["feature_kd"],
-                    record["lr"], clock(seconds_before + elapsed), clock(eta),
-                )  # fmt: skip
-            if done % self.checkpoint_every == 0 and done < self.train_steps:
-                state.save(checkpoint_path, done, seconds_before + elapsed, self.recipe()["training"])
+            values = {**{k: round(v, 7) for k, v in totals.items()}, "lr": scheduler.get_last_lr()[0]}
+            run.step(step + 1, values, self.recipe()["training"])
 
         if ema is not None:
             with torch.no_grad():
@@ -422,10 +388,5 @@ class QATConfig:
             student_taps.remove(student)
         for p in params:
             p.requires_grad_(False)
-        self.summary = {
-            "train_seconds": round(seconds_before + time.perf_counter() - started, 1),
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "data_seconds": round(data_seconds, 1),
-            "last_step": last_record(loss_log),
-        }
+        self.summary = run.summary(data_seconds=round(data_seconds, 1))
         return student
