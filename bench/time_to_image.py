@@ -74,19 +74,9 @@ class Models:
 def sd21_unet(seed: int = 0) -> UNet2DConditionModel:
     """Stable Diffusion 2.1-base's UNet architecture with random weights (linear projections, 1024-wide
     text states; diffusers' ``attention_head_dim`` is its head count, 64 channels each)."""
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=1024,
-        attention_head_dim=(5, 10, 20, 20),
-        use_linear_projection=True,
-    ).eval()
+    return unet_step.sd15_unet(
+        seed, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True
+    )
 
 
 def clip_text_encoder(seed: int = 0, **sizes) -> CLIPTextModel:
@@ -227,13 +217,15 @@ def measure(models: Models, *, rounds: int, peer: bool, label: str) -> dict[str,
             "full": _Decode(models.vae)(latents),
             "tiny": _Decode(models.tiny_vae)(latents),
         }
+        # the peer first, as ``mixdiff bench`` builds it: its conversion reads the FP32 UNet before
+        # mixdiff's variants are built from it, and its calibration's peak comes before theirs is held
+        parts = _openvino_parts(models, ids, latents, inputs, Path(work), label) if peer else {}
         parts = {
             PARTS["mixdiff"]["text"]: _Part(lambda: text(ids), "text", 0.0),  # as loaded: nothing to build
             **_unet_steps("mixdiff", unet, inputs, Path(work), label),
             **_mixdiff_decoders(models, latents),
+            **parts,
         }
-        if peer:
-            parts.update(_openvino_parts(models, ids, latents, inputs, Path(work), label))
         _phase(label, f"timing {len(parts)} parts, {rounds} interleaved rounds after one untimed")
         times = unet_step.interleaved({name: part.call for name, part in parts.items()}, rounds)
         errors = {name: unet_step.rel_error(part.call(), references[part.reference]) for name, part in parts.items()}

@@ -38,19 +38,23 @@ VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", "
 BASELINE = "bf16-compiled"
 
 
-def sd15_unet(seed: int = 0) -> UNet2DConditionModel:
-    """Stable Diffusion 1.5's UNet architecture with random weights."""
+def sd15_unet(seed: int = 0, **changes) -> UNet2DConditionModel:
+    """Stable Diffusion 1.5's UNet architecture with random weights; ``changes`` make it another
+    SD 1.x/2.x architecture (2.x: wider text states, attention heads per block, linear projections)."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=768,
-        attention_head_dim=8,
+        **{
+            "sample_size": 64,
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 2,
+            "block_out_channels": (320, 640, 1280, 1280),
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            "cross_attention_dim": 768,
+            "attention_head_dim": 8,
+            **changes,
+        }
     ).eval()
 
 
