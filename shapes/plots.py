@@ -99,6 +99,7 @@ def few_step_curves(reports: list[Path], out: Path) -> None:
     ssim_axis.set(title=f"SSIM against {reference['schedule']}", xlabel="steps", xscale="log", ylim=(0, 1))
     for axis in (accuracy_axis, ssim_axis):
         axis.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
+        axis.minorticks_off()
         axis.grid(alpha=0.3)
     accuracy_axis.legend(fontsize=8)
     fig.suptitle("A few-step model by step count")
