@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import shutil
 import statistics
 import time
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderTiny, StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor
 
+from common.training import lr_factor
 from shapes import architecture, dataset, metrics
 
 #: Data-set seeds of each stage, so no stage trains on another's held-out images.
@@ -62,18 +62,6 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _lr_lambda(warmup: int, total: int, floor: float = 0.1):
-    """Linear warm-up, then cosine decay to ``floor`` x the peak rate."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 class _Optimizer:
     """AdamW with linear warm-up (a twentieth of the steps unless given) and cosine decay;
     each step clips the gradients to norm 1."""
@@ -82,7 +70,7 @@ class _Optimizer:
         self.params = list(params)
         self.opt = torch.optim.AdamW(self.params, lr=lr, **adamw)
         warmup = steps // 20 + 1 if warmup is None else warmup
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(warmup, steps))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(step, warmup, steps))
 
     def step(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)

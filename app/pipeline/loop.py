@@ -59,11 +59,11 @@ class ModelInfo:
 
 
 class MixedPrecisionPipeline:
-    def __init__(self, pipe, variants: dict[str, UNetVariant], info: ModelInfo, tiny_decoder=None):
+    def __init__(self, pipe, variants: dict[str, UNetVariant], info: ModelInfo, decoders: dict | None = None):
         self.pipe = pipe
         self.variants = variants
         self.info = info
-        self.decoders = {"full": pipe.vae} | ({"tiny": tiny_decoder} if tiny_decoder is not None else {})
+        self.decoders = decoders if decoders is not None else {"full": pipe.vae}  # name -> module
 
     @classmethod
     def load(
@@ -105,7 +105,7 @@ class MixedPrecisionPipeline:
         default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         sizes = model_sizes(path, default_size)
         tiny_decoder = load_tiny_decoder(path)
-        decoders = ["full"] + (["tiny"] if tiny_decoder is not None else [])
+        decoders = {"full": pipe.vae} | ({"tiny": tiny_decoder} if tiny_decoder is not None else {})
         if defaults["decoder"] not in decoders:
             raise ModelLoadError(f"{path}/mixdiff.json: its default decoder {defaults['decoder']!r} needs a vae_tiny/")
         if defaults["scheduler"] not in available(pipe.scheduler.config):
@@ -113,9 +113,8 @@ class MixedPrecisionPipeline:
                 f"{path}/mixdiff.json: scheduler {defaults['scheduler']!r} cannot sample this model; "
                 f"it can: {', '.join(available(pipe.scheduler.config))}"
             )
-        for decoder in (pipe.vae, tiny_decoder):
-            if decoder is not None:
-                set_vae_precision(decoder, vae_precision)
+        for decoder in decoders.values():
+            set_vae_precision(decoder, vae_precision)
         variants, unavailable = build_variants(
             pipe, precisions, compile=compile, fused_attention=fused_attention, model_dir=path
         )
@@ -129,7 +128,7 @@ class MixedPrecisionPipeline:
             max_prompt_tokens=pipe.tokenizer.model_max_length,
             vae_precision=vae_precision,
             defaults=defaults,
-            decoders=decoders,
+            decoders=list(decoders),
             parameters={
                 name: sum(p.numel() for p in module.parameters())
                 for name, module in {**pipe.components, "vae_tiny": tiny_decoder}.items()
@@ -138,7 +137,7 @@ class MixedPrecisionPipeline:
             artifacts={name: v.manifest for name, v in variants.items() if hasattr(v, "manifest")},
             unavailable=unavailable,
         )
-        return cls(pipe, variants, info, tiny_decoder)
+        return cls(pipe, variants, info, decoders)
 
     @property
     def precisions(self) -> list[str]:
