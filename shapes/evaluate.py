@@ -174,7 +174,10 @@ def evaluate(
         raise InvalidRequest(f"n must be at least 2 (the Fréchet distance needs two images), got {n}", param="n")
     step_counts = [steps] if isinstance(steps, int) else list(steps)
     if reference is None and len(step_counts) > 1:
-        raise InvalidRequest("several step counts need a reference made elsewhere (a teacher's images)", param="steps")
+        raise InvalidRequest(
+            "several step counts need a reference made elsewhere (a teacher's images: --reference-model)",
+            param="steps",
+        )
     classifier = yardstick.load(yardstick_dir)
     prompts = dataset.prompts(n, prompt_seed)
     real = np.stack([dataset.render(dataset.scene(i, prompt_seed, two_object_share=0.0)) for i in range(n)])

@@ -113,10 +113,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"mixdiff eval: this model has no {decoder} decoder (no vae_tiny/)", file=sys.stderr)
         return 2
     steps = [defaults["steps"]] if args.steps is None else args.steps
-    if len(steps) > 1 and args.reference_model is None:
-        print("mixdiff eval: several --steps need --reference-model (the images they are all compared with)",
-              file=sys.stderr)
-        return 2
 
     def progress(label: str, i: int) -> None:
         if (i + 1) % 10 == 0 or i + 1 == args.n:

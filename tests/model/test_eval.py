@@ -41,3 +41,10 @@ def test_eval_names_a_precision_the_model_lacks(tmp_path, capsys, model_dir):
                  "--out", str(tmp_path)])
     assert code == 2
     assert "fp16" in capsys.readouterr().err
+
+
+def test_several_step_counts_need_a_reference_model(tmp_path, capsys, model_dir):
+    code = main(["eval", "--model", str(model_dir), "--n", "2", "--steps", "2,4", "--out", str(tmp_path)])
+    assert code == 2
+    assert "several step counts need a reference made elsewhere" in capsys.readouterr().err
+    assert not (tmp_path / "eval.json").exists()
