@@ -207,13 +207,14 @@ class TrainingState:
 
 class TrainingRun:
     """A training run in its ``work`` folder: started afresh or resumed from the checkpoint there,
-    a loss-log line per step, progress with an ETA every fiftieth of the run, a checkpoint every
-    ``checkpoint_every`` steps, and what it cost."""
+    a loss-log line per step, progress with an ETA every fiftieth of the run, a checkpoint (with the
+    run's ``config``) every ``checkpoint_every`` steps, and what it cost."""
 
     def __init__(self, name: str, state: TrainingState, work: Path, *, total: int, checkpoint_every: int,
-                 resume: bool):  # fmt: skip
+                 resume: bool, config: dict):  # fmt: skip
         work.mkdir(parents=True, exist_ok=True)
         self.name, self.state, self.total, self.checkpoint_every = name, state, total, checkpoint_every
+        self.config = config
         self.checkpoint, self.loss_log = work / CHECKPOINT, work / LOSS_LOG
         self.first, self.seconds_before = 0, 0.0
         if resume:
@@ -229,9 +230,8 @@ class TrainingRun:
         """Seconds trained, those before a resume included."""
         return self.seconds_before + time.perf_counter() - self.started
 
-    def step(self, done: int, values: dict[str, float], config: dict) -> None:
-        """Record step ``done`` (its loss terms and learning rate ``values``); checkpoint it, with
-        ``config``, when one is due."""
+    def step(self, done: int, values: dict[str, float]) -> None:
+        """Record step ``done`` (its loss terms and learning rate ``values``); checkpoint it when one is due."""
         record = {"step": done, **values, "seconds": round(self.seconds, 2)}
         with self.loss_log.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -241,7 +241,7 @@ class TrainingRun:
             log.info("%s %5d/%d  %s  %s elapsed, eta %s", self.name, done, self.total, shown, clock(self.seconds),
                      clock(eta))  # fmt: skip
         if done % self.checkpoint_every == 0 and done < self.total:
-            self.state.save(self.checkpoint, done, self.seconds, config)
+            self.state.save(self.checkpoint, done, self.seconds, self.config)
 
     def summary(self, **extra) -> dict:
         """What the run cost, and its last logged step."""

@@ -180,7 +180,7 @@ class LCMConfig:
 
         # 3. the run: afresh, or from the checkpoint in ``work``
         run = TrainingRun("lcm", state, self.work, total=self.train_steps, checkpoint_every=self.checkpoint_every,
-                          resume=self.resume)  # fmt: skip
+                          resume=self.resume, config=self.recipe())  # fmt: skip
 
         # 4. the loop
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast)
@@ -203,7 +203,7 @@ class LCMConfig:
             scheduler.step()
             with torch.no_grad():
                 torch._foreach_lerp_([p.data for p in target_params], [p.detach() for p in params], 1 - self.target_ema)
-            run.step(step + 1, {"loss": round(loss.item(), 7), "lr": scheduler.get_last_lr()[0]}, self.recipe())
+            run.step(step + 1, {"loss": round(loss.item(), 7), "lr": scheduler.get_last_lr()[0]})
 
         student.requires_grad_(False)
         self.summary = run.summary(data_seconds=round(data_seconds, 1))

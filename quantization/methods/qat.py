@@ -338,7 +338,7 @@ class QATConfig:
         generator = torch.Generator().manual_seed(self.seed)
         state = TrainingState(student, optimizer, scheduler, ema, rng, generator)
         run = TrainingRun("qat", state, self.work, total=self.train_steps, checkpoint_every=self.checkpoint_every,
-                          resume=self.resume)  # fmt: skip
+                          resume=self.resume, config=self.recipe()["training"])  # fmt: skip
 
         # 4. the loop. The student keeps the exported graph's inference semantics, as the teacher
         # does: a UNet has no batch norm, and torchao's move_exported_model_to_train would turn
@@ -378,7 +378,7 @@ class QATConfig:
                 with torch.no_grad():
                     torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - self.ema)
             values = {**{k: round(v, 7) for k, v in totals.items()}, "lr": scheduler.get_last_lr()[0]}
-            run.step(step + 1, values, self.recipe()["training"])
+            run.step(step + 1, values)
 
         if ema is not None:
             with torch.no_grad():
