@@ -112,7 +112,7 @@ def _observers(graph: torch.fx.GraphModule) -> list[torch.nn.Module]:
 
 
 @torch.no_grad()
-def _start_from_ptq(student: torch.fx.GraphModule, graph, fallback: Sequence[str], calibration) -> int:
+def start_from_ptq(student: torch.fx.GraphModule, graph, fallback: Sequence[str], calibration) -> int:
     """Give ``student``'s activation fake quantizers PTQ's ranges (histogram observers on the
     calibration inputs) and freeze them there; weights keep tracking their own ranges. The
     moving-average min/max ranges QAT would start from take the first batch's extremes:
@@ -283,7 +283,7 @@ class QATConfig:
 
         student = prepare_qat_pt2e(copy.deepcopy(graph), make_quantizer(fallback, is_qat=True))
         if self.init_from_calibration and calibration:
-            ranges = _start_from_ptq(student, graph, fallback, calibration)
+            ranges = start_from_ptq(student, graph, fallback, calibration)
             log.info("qat: %d activation ranges from PTQ calibration on %d inputs", ranges, len(calibration))
         if self.learn_ranges:
             log.info("qat: %d activation ranges learned (LSQ)", _learnable_ranges(student))
