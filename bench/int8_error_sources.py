@@ -37,19 +37,13 @@ def _fake_quantizers(student: torch.fx.GraphModule) -> list[tuple[str, torch.nn.
     return found
 
 
-def _guided(pair: torch.Tensor, scale: float) -> torch.Tensor:
-    half = pair.shape[0] // 2
-    return pair[:half] + scale * (pair[half:] - pair[:half])
-
-
 @torch.no_grad()
-def guided_rel_mse(model, reference, inputs, scale: float) -> float:
-    num = den = 0.0
-    for item in inputs:
-        out, ref = _guided(model(*item.args()), scale), _guided(reference(*item.args()), scale)
-        num += (out - ref).pow(2).sum().item()
-        den += ref.pow(2).sum().item()
-    return num / den
+def guided_rel_mse(model, inputs, references: list[torch.Tensor], scale: float) -> float:
+    """Relative MSE of ``model``'s guided outputs on ``inputs`` against the FP32 ``references`` of them."""
+    from quantization.methods.qat import guided
+
+    num = sum((guided(model(*item.args()), scale) - ref).pow(2).sum().item() for item, ref in zip(inputs, references))
+    return num / sum(ref.pow(2).sum().item() for ref in references)
 
 
 @torch.no_grad()
@@ -58,6 +52,7 @@ def image_loss(pipe, model, reference_images, prompts, guidance: float, steps: i
     from diffusers import DDIMScheduler
 
     from common.training import embed
+    from quantization.methods.qat import guided
     from shapes.metrics import ssim
 
     empty, states = embed(pipe, [""]), embed(pipe, prompts)
@@ -70,7 +65,7 @@ def image_loss(pipe, model, reference_images, prompts, guidance: float, steps: i
         x = torch.randn(shape, generator=torch.Generator().manual_seed(i))
         text = torch.cat([empty, states[i : i + 1]])
         for t in scheduler.timesteps:
-            x = scheduler.step(_guided(model(torch.cat([x, x]), t.float().expand(2), text), guidance), t, x).prev_sample
+            x = scheduler.step(guided(model(torch.cat([x, x]), t.float().expand(2), text), guidance), t, x).prev_sample
         image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample[0]
         images.append(((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
     if reference_images is None:
@@ -98,7 +93,7 @@ def main(argv=None) -> int:
     from quantization.build import _manual_fallback, split_holdout
     from quantization.graph import export_unet
     from quantization.methods.ptq import make_quantizer
-    from quantization.methods.qat import start_from_ptq
+    from quantization.methods.qat import guided, start_from_ptq
     from shapes import dataset
 
     pipe, _, _ = load_diffusers_pipeline(args.model)
@@ -133,10 +128,12 @@ def main(argv=None) -> int:
     settings = {"weights only": (True, set()), "activations only": (False, None), "both": (True, None)}
     print(f"\nINT8 error sources of {args.model} ({cpu_model()}), kept in BF16: {', '.join(fallback) or 'nothing'}")
     print(f"held-out trajectory inputs: {len(held)}; error of the output guided at {args.scale}\n")
+    with torch.no_grad():
+        references = [guided(graph(*item.args()), args.scale) for item in held]
     totals = {}
     for label, (w, a) in settings.items():
         setting(w, a)
-        totals[label] = guided_rel_mse(student, graph, held, args.scale)
+        totals[label] = guided_rel_mse(student, held, references, args.scale)
     print("| INT8 | guided rel. MSE |\n|---|---|")
     for label, value in totals.items():
         print(f"| {label} | {value:.3e} |")
@@ -144,7 +141,7 @@ def main(argv=None) -> int:
     increments = []
     for name, _, layer in activations:
         setting(True, {name})
-        increments.append((guided_rel_mse(student, graph, held, args.scale) - totals["weights only"], layer))
+        increments.append((guided_rel_mse(student, held, references, args.scale) - totals["weights only"], layer))
     increments.sort(reverse=True)
     added = sum(v for v, _ in increments)
     print(f"\nOne activation at a time on INT8 weights (increments add up to {added:.3e}; all together "

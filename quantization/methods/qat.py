@@ -166,7 +166,7 @@ def _learnable_ranges(student: torch.fx.GraphModule) -> int:
     return n
 
 
-def _guided(pair: torch.Tensor, scale: float) -> torch.Tensor:
+def guided(pair: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance of a CFG pair of outputs (unconditional first)."""
     return pair[:1] + scale * (pair[1:] - pair[:1])
 
@@ -298,7 +298,7 @@ class QATConfig:
             o_t = teacher(*args)
         o_s = student(*args)
         if self.guidance:  # the pair's guided output, as the sampler combines it
-            kd = F.mse_loss(_guided(o_s, self.guidance), _guided(o_t, self.guidance))
+            kd = F.mse_loss(guided(o_s, self.guidance), guided(o_t, self.guidance))
         else:
             kd = F.mse_loss(o_s, o_t)
         terms = {"denoise": F.mse_loss(o_s, target), "kd": kd}

@@ -91,7 +91,7 @@ def test_the_training_loop_logs_every_step(tiny_pipe, calibration_split, graph, 
 def test_guided_distillation_trains_on_cfg_pairs_and_compares_their_guided_outputs(
     tiny_pipe, calibration_split, graph, tmp_path
 ):
-    assert torch.equal(qat._guided(torch.tensor([[1.0], [3.0]]), 4.0), torch.tensor([[9.0]]))  # 1 + 4 (3 - 1)
+    assert torch.equal(qat.guided(torch.tensor([[1.0], [3.0]]), 4.0), torch.tensor([[9.0]]))  # 1 + 4 (3 - 1)
     _config(tmp_path, guidance=4.0, train_steps=2).train(graph, [], calibration_split[0], tiny_pipe)
     log = [json.loads(line) for line in (tmp_path / LOSS_LOG).read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(r["kd"] > 0 for r in log)
