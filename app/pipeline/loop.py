@@ -149,11 +149,13 @@ class MixedPrecisionPipeline:
         return available(self.pipe.scheduler.config)
 
     def warmup(self, steps: int) -> None:
-        """Run every variant ``steps`` times at the default size (compiles, if compiled)."""
+        """Run every variant ``steps`` times at the default size (compiles, if compiled): one generation
+        whose schedule runs them in turn, so the text encoder and the decoder run once, not once per
+        variant (a 512x512 decode takes longer than a step)."""
         if steps <= 0:
             return
-        for name in self.variants:
-            self.generate(GenerationParams(prompt="warm-up", steps=steps), [name] * steps)
+        schedule = [name for name in self.variants for _ in range(steps)]
+        self.generate(GenerationParams(prompt="warm-up", steps=len(schedule)), schedule)
 
     @torch.inference_mode()
     def generate(

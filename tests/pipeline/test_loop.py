@@ -46,6 +46,20 @@ def test_each_step_runs_the_variant_its_schedule_names(tiny):
     assert result.text_encode_seconds > 0 and result.vae_decode_seconds > 0
 
 
+def test_warmup_runs_every_variant_and_decodes_once(tiny):
+    spies = {name: Spy(v) for name, v in tiny.variants.items()}
+    spied = MixedPrecisionPipeline(tiny.pipe, spies, tiny.info)
+    vae, decodes = tiny.pipe.vae, []
+    original = vae.decode
+    vae.decode = lambda *args, **kwargs: decodes.append(1) or original(*args, **kwargs)
+    try:
+        spied.warmup(2)
+    finally:
+        del vae.decode  # the instance attribute; the class's method is back
+    assert [spy.calls for spy in spies.values()] == [2, 2]
+    assert len(decodes) == 1
+
+
 def test_same_seed_same_image_other_seed_other_image(tiny):
     params = GenerationParams(prompt="a red circle", steps=3, seed=7)
     first = tiny.generate(params, ["bf16"] * 3).images[0]
