@@ -36,17 +36,35 @@ def example_args(example: UNetInputs, batch: int = BATCH) -> tuple[torch.Tensor,
     return next(chunks(example.args(), batch))[0]
 
 
-def export_unet(unet: torch.nn.Module, example: UNetInputs, batch: int = BATCH) -> torch.fx.GraphModule:
+def export_unet(
+    unet: torch.nn.Module, example: UNetInputs, batch: int = BATCH, *, int8_scores: bool = True
+) -> torch.fx.GraphModule:
     """The FP32 UNet as an exported graph module for a batch of ``batch``, ready for ``prepare_pt2e``; its
-    attention is ``mixdiff.int8_attention`` (SDPA in FP32, the fused kernel once autocast makes it BF16)."""
+    attention is ``mixdiff.int8_attention`` (SDPA in FP32, the fused kernel once autocast makes it BF16),
+    or without ``int8_scores`` ``mixdiff.attention``, q·kᵀ in BF16 too."""
     graph = UNetGraph(unet).eval()
     processors = unet.attn_processors
-    unet.set_attn_processor(FusedAttnProcessor(int8_scores=True))  # builds the kernels, or raises why it cannot
+    unet.set_attn_processor(FusedAttnProcessor(int8_scores=int8_scores))  # builds the kernels, or raises why not
     try:
         with torch.no_grad():
             return torch.export.export(graph, example_args(example, batch)).module()
     finally:
         unet.set_attn_processor(processors)
+
+
+def drop_unused_weights(graph: torch.fx.GraphModule) -> int:
+    """Delete the parameters and buffers of ``graph`` that no node reads any more: after
+    ``convert_pt2e`` the FP32 weights of every quantized layer, which its INT8 copies replaced
+    but which stay attributes (sharing the UNet's storage, so a compile that outlives the UNet
+    still holds them: SDXL's are 10 GB). The elements dropped."""
+    used = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    dropped = 0
+    for name, tensor in [*graph.named_parameters(), *graph.named_buffers()]:
+        if name not in used:
+            owner, _, attr = name.rpartition(".")
+            delattr(graph.get_submodule(owner), attr)
+            dropped += tensor.numel()
+    return dropped
 
 
 def drop_tensor_metadata_asserts(graph: torch.fx.GraphModule) -> None:

@@ -221,8 +221,8 @@ def verify(folder: Path, unet: torch.nn.Module | None = None) -> dict:
     return manifest
 
 
-class Int8UNet:
-    """A ``UNetVariant`` running the artifact's compiled packages, one per timestep group.
+class PackagedUNet:
+    """A ``UNetVariant`` running the artifact's compiled packages (INT8, or BF16), one per timestep group.
 
     Takes and returns fp32. Any batch works (the packages run the batch they were
     compiled for, 2 or 1, so a larger one runs in chunks); the latent size is fixed at
@@ -247,7 +247,7 @@ class Int8UNet:
         if tuple(sample.shape[2:]) != self.latent_size:
             h, w = (s * self.vae_scale_factor for s in self.latent_size)
             raise ValueError(
-                f"the {self.precision} UNet was quantized for {h}x{w} px images "
+                f"the {self.precision} UNet was compiled for {h}x{w} px images "
                 f"(latents {self.latent_size[0]}x{self.latent_size[1]}), got latents "
                 f"{sample.shape[2]}x{sample.shape[3]}"
             )
@@ -256,9 +256,9 @@ class Int8UNet:
         return run_in_batches(runner, inputs.args(), self.batch)
 
 
-def _load_int8(path: Path, manifest: dict, pipe) -> Int8UNet:
-    """An INT8 artifact's packages, one per timestep group, as one variant."""
-    if "attention" in manifest["recipe"]:  # its packages call torch.ops.mixdiff.int8_attention
+def _load_packages(path: Path, manifest: dict, pipe) -> PackagedUNet:
+    """An artifact's packages, one per timestep group, as one variant."""
+    if "attention" in manifest["recipe"]:  # its packages call torch.ops.mixdiff's attention
         try:
             kernels.load()
         except (OSError, RuntimeError) as exc:
@@ -269,14 +269,15 @@ def _load_int8(path: Path, manifest: dict, pipe) -> Int8UNet:
             runners.append(load_package(path / group["file"], path / group["weights"]))
         except Exception as exc:  # a package the runtime cannot open: say which, keep the cause
             raise ArtifactError(f"cannot load package {group['file']} with {group['weights']}: {exc}") from exc
-    return Int8UNet(path.name, manifest, runners, pipe.vae_scale_factor)
+    return PackagedUNet(path.name, manifest, runners, pipe.vae_scale_factor)
 
 
 #: How an artifact is loaded, by the ``method`` its manifest names (``quantization.methods``
 #: writes these names): a method whose artifacts load differently adds its loader here.
 LOADERS: dict[str, Callable[[Path, dict, object], object]] = {
-    "ptq-int8-static": _load_int8,
-    "qat-int8-static": _load_int8,
+    "ptq-int8-static": _load_packages,
+    "qat-int8-static": _load_packages,
+    "bf16-aot": _load_packages,
 }
 
 

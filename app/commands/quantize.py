@@ -1,12 +1,14 @@
-"""``mixdiff quantize METHOD``: an INT8 UNet artifact for a model.
+"""``mixdiff quantize METHOD``: an INT8 (or ahead-of-time compiled BF16) UNet artifact for a model.
 
 The artifact lands in ``<model>/quantized/<out>/``, and the server offers it as the
 precision named ``<out>``: every artifact of the folder is offered (``--precisions``'
 default ``*``), unless the server's ``--precisions`` name others only, in which case
-``GET /v1/models`` lists it as unavailable and says why. Every method calibrates on the
-FP32 model's own denoising runs, keeps the blocks ``--fallback`` names in BF16, compiles
-one AOTInductor package per timestep group, checks it, and measures its fidelity on
-held-out inputs (docs/QUANTIZATION.md).
+``GET /v1/models`` lists it as unavailable and says why. Every INT8 method calibrates on
+the FP32 model's own denoising runs, keeps the blocks ``--fallback`` names in BF16,
+compiles one AOTInductor package per timestep group, checks it, and measures its fidelity
+on held-out inputs (docs/QUANTIZATION.md). ``bf16`` quantizes nothing: it compiles the
+BF16 UNet once, so a server need not compile it at every start; its calibration runs only
+give the inputs it is checked and measured on.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ def _shared_arguments(parser: argparse.ArgumentParser) -> None:
         help="classifier-free guidance of the calibration runs (default: the model's, else 7.5)",
     )
     calibration.add_argument("--seed", type=int, default=0, help="seed of the calibration runs")
+
+
+def _layer_arguments(parser: argparse.ArgumentParser) -> None:
     layers = parser.add_argument_group("what stays BF16, and packages")
     layers.add_argument(
         "--fallback",
@@ -96,7 +101,18 @@ def _shared_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _ptq_arguments(parser: argparse.ArgumentParser) -> None:
+    _layer_arguments(parser)
+
+
+def _bf16_arguments(parser: argparse.ArgumentParser) -> None:
+    """Nothing is quantized: no layers to keep apart, one package; its calibration runs give the inputs
+    it is checked and measured on."""
+    parser.set_defaults(out="bf16-aot", prompts=4, fallback="none", fallback_budget=0, scan_inputs=1, timestep_groups=1)
+
+
 def _qat_arguments(parser: argparse.ArgumentParser) -> None:
+    _layer_arguments(parser)
     data = add_data_arguments(parser, size=2048)
     data.add_argument(
         "--timesteps",
@@ -179,7 +195,7 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 #: Each method's own flags, beside the shared ones (a test checks these match ``METHODS``).
-METHOD_ARGUMENTS = {"ptq": None, "qat": _qat_arguments}
+METHOD_ARGUMENTS = {"ptq": _ptq_arguments, "qat": _qat_arguments, "bf16": _bf16_arguments}
 
 
 def register(subparsers) -> None:
@@ -196,8 +212,7 @@ def register(subparsers) -> None:
             formatter_class=HelpFormatter,
         )
         _shared_arguments(method)
-        if METHOD_ARGUMENTS[name] is not None:
-            METHOD_ARGUMENTS[name](method)
+        METHOD_ARGUMENTS[name](method)
         method.set_defaults(func=run)
 
 

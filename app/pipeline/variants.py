@@ -90,9 +90,10 @@ def build_variants(
     ``fused_attention``: the BF16 UNet's (artifacts have theirs built in).
 
     When ``fp32`` is not among ``names``, nothing needs the pipeline's FP32 UNet once the
-    int8 artifacts are checked against it: ``bf16`` then converts it in place instead of
+    artifacts are checked against it: ``bf16`` then converts it in place instead of
     keeping a copy beside it, so a worker holds one UNet's weights less
-    (docs/notes/quantization-history.md, "Start-up and memory").
+    (docs/notes/quantization-history.md, "Start-up and memory"); with neither ``fp32`` nor
+    ``bf16`` (a BF16 artifact and INT8 ones), its weights are dropped.
     """
     asked = ", ".join(names)
     names = expand(names, model_dir)
@@ -108,6 +109,9 @@ def build_variants(
             reason = _artifact(pipe, name, model_dir, built)
             if reason:
                 unavailable[name] = reason
+    if not any(name in _DTYPES for name in built):
+        # artifacts alone: the FP32 UNet was needed for their fingerprints only; its config stays
+        pipe.unet.to("meta")
     for name, reason in unavailable.items():
         log.warning("precision %s unavailable: %s", name, reason)
     for name in expand([ALL_ARTIFACTS], model_dir):

@@ -1,10 +1,12 @@
-"""Quantization methods, by name: each turns the FP32 UNet graph into a converted INT8 graph.
+"""Quantization methods, by name: each turns the FP32 UNet graph into a converted INT8 graph,
+or, ``bf16``, leaves it for a BF16 package.
 
 A method is a config dataclass in a module of its own, with
 
 - ``name``: what ``mixdiff quantize <name>`` calls it;
 - ``manifest_method``: what its artifacts' manifests record, and how
   ``quantization.runtime.LOADERS`` loads them;
+- ``int8_scores``: whether the exported graph's attention computes q·kᵀ in INT8;
 - ``recipe()``: how it quantizes, recorded in every manifest;
 - ``quantize(graph, fallback, calibration, context)``: the exported FP32 UNet graph
   (``quantization.graph.export_unet``) quantized with everything but the ``fallback``
@@ -44,6 +46,12 @@ METHODS: dict[str, MethodInfo] = {
             "quantization-aware training with knowledge distillation from the FP32 UNet, then static INT8",
             "quantization.methods.qat",
             "QATConfig",
+        ),
+        MethodInfo(
+            "bf16",
+            "no INT8: the BF16 UNet compiled ahead of time, as fast as torch.compile and loaded in seconds",
+            "quantization.methods.bf16",
+            "BF16Config",
         ),
     )
 }

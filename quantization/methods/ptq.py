@@ -55,15 +55,21 @@ def make_quantizer(fallback: Sequence[str] = (), only: str | None = None, *, is_
 
 
 def quantize_graph(
-    graph: torch.fx.GraphModule, quantizer, calibration: Sequence[UNetInputs], batch: int = BATCH
+    graph: torch.fx.GraphModule,
+    quantizer,
+    calibration: Sequence[UNetInputs],
+    batch: int = BATCH,
+    *,
+    in_place: bool = False,
 ) -> torch.fx.GraphModule:
     """Prepare a copy of ``graph`` (exported for a batch of ``batch``), run the calibration inputs
-    through it, convert it."""
+    through it, convert it. ``in_place``: prepare ``graph`` itself, which is then used up, instead of
+    a copy holding a second set of FP32 weights (SDXL's are 10 GB)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if not calibration:
         raise ValueError("no calibration inputs to measure activation ranges on")
-    prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
+    prepared = prepare_pt2e(graph if in_place else copy.deepcopy(graph), quantizer)
     with torch.no_grad():
         for inputs in calibration:
             run_in_batches(prepared, inputs.args(), batch)
@@ -78,6 +84,7 @@ class PTQConfig:
 
     name: ClassVar[str] = "ptq"
     manifest_method: ClassVar[str] = "ptq-int8-static"
+    int8_scores: ClassVar[bool] = True  # the exported graph's attention: q·kᵀ in INT8
 
     def recipe(self) -> dict:
         return RECIPE
