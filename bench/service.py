@@ -5,10 +5,12 @@ text encoder over a small vocabulary: the arithmetic of a step, a decode and a
 start-up are those of the real model) is saved as a model folder with an INT8
 artifact built the way ``mixdiff quantize ptq`` builds one (calibrated on random
 UNet inputs at spread timesteps: the weights are random, there is no trajectory
-worth following). Then ``mixdiff serve`` is started on it with one worker on all
-the cores, and the benchmark records how long the worker takes to get ready and
-how much memory it holds, and times 50-step 512x512 generations over HTTP, every
-schedule in each round, in turn. The folder is kept in ``work`` and reused.
+worth following) and a BF16 one built as ``mixdiff quantize bf16`` builds it. Then
+``mixdiff serve`` is started on it with one worker on all the cores, once per way of
+running BF16 (``BF16_MODES``: eager, ``--compile``, the ahead-of-time artifact), and
+the benchmark records how long the worker takes to get ready and how much memory it
+holds, and times 50-step 512x512 generations over HTTP, every schedule in each round,
+in turn. The folder is kept in ``work`` and reused.
 """
 
 from __future__ import annotations
@@ -40,15 +42,29 @@ from app.pipeline.tiny import (
 from bench import unet_step
 from common import malloc
 from quantization.build import BuildOptions, build_from_inputs
-from quantization.methods.ptq import RECIPE, PTQConfig
+from quantization.methods.bf16 import BF16Config
+from quantization.methods.ptq import PTQConfig
 from quantization.runtime import ArtifactError, verify
 
-#: Schedules every round generates, by label.
-SCHEDULES = {
-    "bf16": "bf16",
-    "bf16/int8 k=5": {"high": "bf16", "low": "int8", "first": 5, "last": 5},
-    "int8": "int8",
+
+def schedules(bf16: str) -> dict:
+    """The schedules every round generates, by label, with ``bf16`` the BF16 UNet's precision name."""
+    return {
+        "bf16": bf16,
+        "bf16/int8 k=5": {"high": bf16, "low": "int8", "first": 5, "last": 5},
+        "int8": "int8",
+    }
+
+
+#: The ways a server can run BF16, by name: (the precision it is offered as, --compile), and how
+#: the tables say it.
+BF16_MODES = {
+    "eager": ("bf16", False, "bf16 eager"),
+    "compiled": ("bf16", True, "bf16 compiled"),
+    "aot": ("bf16-aot", False, "bf16 artifact"),
 }
+#: The artifacts of the model folder, by name: the method that makes each.
+ARTIFACTS = {"int8": PTQConfig(), "bf16-aot": BF16Config()}
 #: The schedule the others are compared with.
 BASELINE = "bf16"
 _TIMESTEPS = (999, 900, 700, 500, 400, 300, 100, 1)  # calibration inputs; every 4th is held out
@@ -84,23 +100,29 @@ def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
 
 def prepare(work: Path, unet: str = "sd15") -> Path:
-    """The model folder with its ``int8`` artifact under ``work``, built unless one this
-    mixdiff can load, made with its recipe, is already there."""
+    """The model folder with its artifacts (``ARTIFACTS``) under ``work``, each built unless one
+    this mixdiff can load, made with its recipe, is already there."""
     folder = work / f"{unet}-random"
-    artifact = folder / "quantized" / "int8"
-    try:
-        if verify(artifact)["recipe"] != RECIPE:
-            raise ArtifactError("made with another recipe than this mixdiff's")
+    stale = {}
+    for name, method in ARTIFACTS.items():
+        artifact = folder / "quantized" / name
+        try:
+            if verify(artifact)["recipe"] != method.recipe():
+                raise ArtifactError("made with another recipe than this mixdiff's")
+        except ArtifactError as exc:
+            if artifact.exists():
+                print(f"rebuilding {artifact}: {exc}", flush=True)
+                shutil.rmtree(artifact)
+            stale[name] = method
+    if not stale:
         return folder
-    except ArtifactError as exc:
-        if artifact.exists():
-            print(f"rebuilding {artifact}: {exc}", flush=True)
-            shutil.rmtree(artifact)
     pipe = sd15_pipeline() if unet == "sd15" else build_tiny_pipeline("sd")
     if not (folder / "model_index.json").is_file():
         pipe.save_pretrained(folder)
     inputs = [unet_step.random_inputs(pipe.unet, t, seed=i) for i, t in enumerate(_TIMESTEPS)]
-    build_from_inputs(PTQConfig(), pipe, inputs, artifact, _OPTIONS, source={"inputs": "random, at spread timesteps"})
+    for name, method in stale.items():
+        artifact = folder / "quantized" / name
+        build_from_inputs(method, pipe, inputs, artifact, _OPTIONS, source={"inputs": "random, at spread timesteps"})
     # The build's memory (gigabytes for SD 1.5) back to the system before the servers start
     # beside this process: kept, it and a compiled server's worker ran the machine out of memory.
     del pipe, inputs
@@ -133,13 +155,15 @@ def _ready_worker(client: httpx.Client) -> dict | None:
     return r.json()["workers"][0] if r.status_code == 200 else None
 
 
-def measure(folder: Path, *, compile: bool, rounds: int, size: int, steps: int, log: Path) -> dict:
-    """Start ``mixdiff serve`` on ``folder``; its start-up, memory and generation times."""
+def measure(folder: Path, *, mode: str, rounds: int, size: int, steps: int, log: Path) -> dict:
+    """Start ``mixdiff serve`` on ``folder`` running BF16 the ``mode`` way (``BF16_MODES``); its start-up,
+    memory and generation times."""
+    bf16, compile, _ = BF16_MODES[mode]
     port = _free_port()
     cores = len(os.sched_getaffinity(0))
     command = [
         sys.executable, "-m", "app.cli", "serve", "--model", str(folder), "--port", str(port),
-        "--precisions", "bf16,int8", "--workers", "1", "--cores-per-worker", str(cores),
+        "--precisions", f"{bf16},int8", "--workers", "1", "--cores-per-worker", str(cores),
         "--request-timeout", "3600", "--queue-size", "1", *(["--compile"] if compile else []),
     ]  # fmt: skip
     start = time.perf_counter()
@@ -153,9 +177,9 @@ def measure(folder: Path, *, compile: bool, rounds: int, size: int, steps: int, 
                 time.sleep(0.2)
             ready_seconds = time.perf_counter() - start
             at_ready = _memory(worker["pid"])
-            times: dict[str, list[dict]] = {label: [] for label in SCHEDULES}
+            times: dict[str, list[dict]] = {label: [] for label in schedules(bf16)}
             for _ in range(rounds):
-                for label, precision in SCHEDULES.items():
+                for label, precision in schedules(bf16).items():
                     body = {"prompt": "a red circle", "steps": steps, "width": size, "height": size, "seed": 0,
                             "precision": precision}  # fmt: skip
                     r = client.post("/generate", json=body, headers={"Accept": "application/json"})
@@ -170,7 +194,7 @@ def measure(folder: Path, *, compile: bool, rounds: int, size: int, steps: int, 
         except subprocess.TimeoutExpired:
             server.kill()
     return {
-        "compile": compile,
+        "bf16": mode,
         "ready_seconds": round(ready_seconds, 2),
         "worker_rss_at_ready_bytes": at_ready["rss_bytes"],
         "worker_rss_bytes": memory["rss_bytes"],
@@ -185,17 +209,17 @@ def _summary(runs: list[dict]) -> dict:
     return {"steps": " ".join(f"{p}×{n}" for p, n in runs_of), **{f"{k}_seconds": v for k, v in median.items()}}
 
 
-def run(work: Path, *, unet: str = "sd15", compile_modes=(False, True), rounds: int = 1, steps: int = 50) -> dict:
+def run(work: Path, *, unet: str = "sd15", modes=tuple(BF16_MODES), rounds: int = 1, steps: int = 50) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     folder = prepare(work, unet)
     prepare_seconds = time.perf_counter() - start
     malloc.release()  # the build's memory, before the server's workers need theirs
-    manifest = json.loads((folder / "quantized" / "int8" / "manifest.json").read_text())
+    manifests = {name: json.loads((folder / "quantized" / name / "manifest.json").read_text()) for name in ARTIFACTS}
     size = 512 if unet == "sd15" else 64
     runs = [
-        measure(folder, compile=c, rounds=rounds, size=size, steps=steps, log=work / "server.log")
-        for c in compile_modes
+        measure(folder, mode=mode, rounds=rounds, size=size, steps=steps, log=work / "server.log")
+        for mode in modes
     ]
     for r in runs:
         base = r["schedules"][BASELINE]["total_seconds"]
@@ -210,7 +234,10 @@ def run(work: Path, *, unet: str = "sd15", compile_modes=(False, True), rounds: 
         "torch": torch.__version__,
         "cpu": unet_step.cpu_model(),
         "prepare_seconds": round(prepare_seconds, 1),
-        "artifact": {k: manifest[k] for k in ("artifact_bytes", "load_seconds", "load_rss_bytes", "build_seconds")},
+        "artifacts": {
+            name: {k: m[k] for k in ("artifact_bytes", "load_seconds", "load_rss_bytes", "build_seconds")}
+            for name, m in manifests.items()
+        },
         "runs": runs,
     }
 
@@ -231,19 +258,17 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
-        unets = "bf16 compiled, int8 artifact" if r["compile"] else "bf16 eager, int8 artifact"
+        unets = f"{BF16_MODES[r['bf16']][2]}, int8 artifact"
         memory = f"{r['worker_rss_at_ready_bytes'] / gb:.1f} / {r['worker_peak_rss_bytes'] / gb:.1f}"
         for label, s in r["schedules"].items():
             lines.append(
                 f"| {unets} | {r['ready_seconds']:.0f} | {memory} | {label} | {s['steps']} | {s['total_seconds']:.1f} "
                 f"| {s['steps_seconds']:.1f} | {s['vae_decode_seconds']:.1f} | {s[f'vs_{BASELINE}']:.2f}x |"
             )
-    a = result["artifact"]
-    lines += [
-        "",
-        (
-            f"INT8 artifact: {a['artifact_bytes'] / gb:.2f} GB, loads in {a['load_seconds']:.1f} s "
+    lines.append("")
+    for name, a in result["artifacts"].items():
+        lines.append(
+            f"Artifact {name}: {a['artifact_bytes'] / gb:.2f} GB, loads in {a['load_seconds']:.1f} s "
             f"({a['load_rss_bytes'] / gb:.2f} GB RSS) when built; build {json.dumps(a['build_seconds'])}."
-        ),
-    ]
+        )
     return "\n".join(lines) + "\n"

@@ -71,14 +71,6 @@ class Models:
     tiny_vae: AutoencoderTiny
 
 
-def sd21_unet(seed: int = 0) -> UNet2DConditionModel:
-    """Stable Diffusion 2.1-base's UNet architecture with random weights (linear projections, 1024-wide
-    text states; diffusers' ``attention_head_dim`` is its head count, 64 channels each)."""
-    return unet_step.sd15_unet(
-        seed, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True
-    )
-
-
 def clip_text_encoder(seed: int = 0, **sizes) -> CLIPTextModel:
     """A CLIP text encoder of ``sizes`` (``CLIPTextConfig``'s) with random weights, over CLIP's
     vocabulary and 77 positions."""
@@ -98,7 +90,7 @@ def sd21_models() -> Models:
     open_clip_h = clip_text_encoder(
         hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23, hidden_act="gelu"
     )
-    return Models(sd21_unet(), open_clip_h, unet_step.sd15_vae(), AutoencoderTiny().eval())
+    return Models(unet_step.sd21_unet(sample_size=64), open_clip_h, unet_step.sd15_vae(), AutoencoderTiny().eval())
 
 
 def tiny_models() -> Models:

@@ -1,12 +1,14 @@
 """One UNet step at each precision, timed side by side: what ``mixdiff bench`` runs.
 
-The UNet is Stable Diffusion 1.5's architecture with random weights (the arithmetic,
-and so the time, is that of the trained model) on SD 1.5's real shapes: a CFG batch
-of 2, 64x64 latents (512x512 px), 77x768 text states. The variants are timed
+The UNet is Stable Diffusion 1.5's, 2.1's or SDXL's architecture with random weights (the
+arithmetic, and so the time, is that of the trained model) on its real shapes: a CFG batch
+of 2 at the native size (SD 1.5: 64x64 latents, 512x512 px, 77x768 text states; SD 2.1:
+96x96, 768x768 px, 77x1024; SDXL: 128x128, 1024x1024 px, 77x2048 and its pooled text
+embedding and size conditioning). The variants are timed
 interleaved, round after round, so a neighbour's load on the machine falls on all of
 them alike; the ratios come from one run. INT8 is built exactly as
 ``mixdiff quantize ptq`` builds it (PT2E, BF16 for the rest, AOTInductor), calibrated
-on random inputs at spread timesteps.
+on random inputs at spread timesteps; ``bf16-aot`` as ``mixdiff quantize bf16`` builds it.
 """
 
 from __future__ import annotations
@@ -26,21 +28,25 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from app.pipeline.variants import EagerUNet
 from bench import openvino_peer
 from common import malloc
-from quantization.graph import UNetGraph, export_unet
+from quantization.graph import UNetGraph, drop_unused_weights, export_unet
 from quantization.inputs import UNetInputs
+from quantization.methods.bf16 import BF16Config
 from quantization.methods.ptq import make_quantizer, quantize_graph
 from quantization.package import build_package, required_cpu_features
 from quantization.runtime import load_package
 
-#: ``-sdpa``: attention by ATen's SDPA instead of ``kernels``' fused attention, for comparison.
-VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", "int8-compiled")
+#: ``-sdpa``: attention by ATen's SDPA instead of ``kernels``' fused attention, for comparison;
+#: ``bf16-aot``: the BF16 package ``mixdiff quantize bf16`` makes (torch.compile's speed, loaded in seconds).
+VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", "bf16-aot", "int8-compiled")
+#: The variants built as AOTInductor packages, from the FP32 UNet.
+PACKAGED = ("bf16-aot", "int8-compiled")
 #: The variant the others are compared with.
 BASELINE = "bf16-compiled"
 
 
 def sd15_unet(seed: int = 0, **changes) -> UNet2DConditionModel:
     """Stable Diffusion 1.5's UNet architecture with random weights; ``changes`` make it another
-    SD 1.x/2.x architecture (2.x: wider text states, attention heads per block, linear projections)."""
+    SD 1.x/2.x/XL architecture."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         **{
@@ -58,13 +64,68 @@ def sd15_unet(seed: int = 0, **changes) -> UNet2DConditionModel:
     ).eval()
 
 
+def sd21_unet(seed: int = 0, sample_size: int = 96) -> UNet2DConditionModel:
+    """Stable Diffusion 2.1's UNet architecture with random weights: linear projections, 1024-wide
+    text states, heads of 64 channels (diffusers' ``attention_head_dim`` is the head count). At
+    ``sample_size`` 96 it is SD 2.1 (768x768 px, v-prediction); at 64, SD 2.1-base and SD-Turbo."""
+    return sd15_unet(
+        seed,
+        sample_size=sample_size,
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+    )
+
+
+def sdxl_unet(seed: int = 0) -> UNet2DConditionModel:
+    """SDXL 1.0 base's UNet architecture with random weights (2.6 B parameters): three levels, no
+    attention at the first, 2 and 10 transformer layers at the others, 2048-wide text states (its two
+    encoders' concatenated) and the pooled text embedding and size conditioning added to the time
+    embedding; 128x128 latents, 1024x1024 px."""
+    return sd15_unet(
+        seed,
+        sample_size=128,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10),
+        cross_attention_dim=2048,
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+
+
+#: What ``mixdiff bench --unet`` names: each architecture at its native size.
+ARCHITECTURES: dict[str, Callable[[], UNet2DConditionModel]] = {
+    "sd15": sd15_unet,
+    "sd21": sd21_unet,
+    "sdxl": sdxl_unet,
+}
+TITLES = {"sd15": "SD 1.5", "sd21": "SD 2.1 (768x768)", "sdxl": "SDXL"}
+
+
 def random_inputs(unet, t: float, seed: int, batch: int = 2) -> UNetInputs:
+    """Random latents and text states at timestep ``t``; for SDXL also a random pooled text
+    embedding and the size conditioning of an uncropped image at the native size."""
     g = torch.Generator().manual_seed(seed)
-    size = unet.config.sample_size
+    config = unet.config
+    size = config.sample_size
+    added = ()
+    if config.addition_embed_type == "text_time":
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        pixels = float(8 * size)
+        added = (
+            torch.randn(batch, pooled, generator=g),
+            torch.tensor([[pixels, pixels, 0.0, 0.0, pixels, pixels]]).expand(batch, 6).contiguous(),
+        )
     return UNetInputs(
-        torch.randn(batch, unet.config.in_channels, size, size, generator=g),
+        torch.randn(batch, config.in_channels, size, size, generator=g),
         torch.full((batch,), float(t)),
-        torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g),
+        torch.randn(batch, 77, config.cross_attention_dim, generator=g),
+        added,
     )
 
 
@@ -80,14 +141,29 @@ def int8_graph(unet, inputs: UNetInputs, quantizer=None) -> torch.fx.GraphModule
     (``ptq.make_quantizer()``) unless given."""
     quantizer = quantizer if quantizer is not None else make_quantizer()
     batch = inputs.batch
-    return quantize_graph(export_unet(unet, inputs, batch), quantizer, calibration_inputs(unet, batch), batch)
+    graph = export_unet(unet, inputs, batch)
+    return quantize_graph(graph, quantizer, calibration_inputs(unet, batch), batch, in_place=True)
 
 
-def build_steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[str, Callable], dict]:
+def bf16_graph(unet, inputs: UNetInputs) -> torch.fx.GraphModule:
+    """``unet`` as ``mixdiff quantize bf16`` compiles it, exported for the batch of ``inputs``, ready for
+    ``build_package``."""
+    return BF16Config().quantize(export_unet(unet, inputs, inputs.batch, int8_scores=False), [], [], None)
+
+
+def build_steps(
+    unet, variants, inputs: UNetInputs, work: Path, *, rebuild: Callable[[], UNet2DConditionModel] | None = None
+) -> tuple[dict[str, Callable], dict]:
     """A no-argument callable per variant running one step on ``inputs`` (INT8 built for their batch),
-    and what building each cost. FP32 and BF16 are the server's own ``EagerUNet`` variants (FP32 is
-    ``unet`` itself)."""
+    and what building each cost: seconds, and the resident memory it added. FP32 and BF16 are the
+    server's own ``EagerUNet`` variants (FP32 is ``unet`` itself). The packages are built first, from
+    the FP32 weights; without an FP32 variant, the last BF16 one then converts ``unet`` itself, so the
+    FP32 weights are not held beside the BF16 ones (SDXL's are 10 GB). ``rebuild`` (the architecture's
+    constructor: the same weights again) lets a package's compilation drop the FP32 weights, which
+    with SDXL's do not fit in 23 GB beside it; the float variants then start from a rebuilt UNet."""
     args = inputs.args()
+    call_args = args[:3]
+    added = inputs.added_cond_kwargs()
     steps: dict[str, Callable] = {}
     build: dict[str, dict] = {}
     peers = [name for name in variants if name in openvino_peer.VARIANTS]
@@ -96,20 +172,31 @@ def build_steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[st
         peer_steps, peer_build = openvino_peer.steps(unet, inputs, calibration, peers)
         steps.update(peer_steps)
         build.update(peer_build)
-    # eager variants last: FP32 eager turns ``unet`` itself channels-last, which the others must not inherit
-    for name in sorted((v for v in variants if v not in peers), key=lambda v: v.endswith("-eager")):
+    # packages first, eager variants last: FP32 eager turns ``unet`` itself channels-last, which the
+    # others must not inherit
+    order = sorted((v for v in variants if v not in peers), key=lambda v: (v.endswith("-eager"), v not in PACKAGED))
+    floats = [v for v in order if v in ("bf16-eager", "bf16-compiled", "bf16-compiled-sdpa")]
+    for name in order:
         start = time.perf_counter()
+        resident = rss_bytes()
         if name in ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa"):
             precision, mode = name.split("-")[:2]
             fused = not name.endswith("-sdpa")
-            variant = EagerUNet(unet, precision, compile=mode == "compiled", fused_attention=fused)
-            variant(*args)  # the first call compiles
-            steps[name] = lambda v=variant: v(*args)
-        elif name == "int8-compiled":
-            converted = int8_graph(unet, inputs)
-            package, weights = work / "int8.pt2", work / "int8.safetensors"
+            in_place = "fp32-eager" not in variants and name == floats[-1]
+            variant = EagerUNet(unet, precision, compile=mode == "compiled", fused_attention=fused, in_place=in_place)
+            variant(*call_args, added_cond_kwargs=added)  # the first call compiles
+            steps[name] = lambda v=variant: v(*call_args, added_cond_kwargs=added)
+        elif name in PACKAGED:
+            converted = int8_graph(unet, inputs) if name == "int8-compiled" else bf16_graph(unet, inputs)
+            package, weights = work / f"{name}.pt2", work / f"{name}.safetensors"
+            if rebuild is not None:
+                drop_unused_weights(converted)
+                unet.to("meta")  # the weights the converted graph still reads are its own now
+                malloc.release()
             build_package(converted, inputs, package, weights, inputs.batch)
             del converted
+            if rebuild is not None:
+                unet = rebuild()
             malloc.release()  # the build's freed memory, before the steps are timed
             built = time.perf_counter()
             runner = load_package(package, weights)
@@ -120,8 +207,30 @@ def build_steps(unet, variants, inputs: UNetInputs, work: Path) -> tuple[dict[st
             steps[name] = lambda r=runner: r(*args)
         else:
             raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS + openvino_peer.VARIANTS)}")
-        build.setdefault(name, {})["build_seconds"] = round(time.perf_counter() - start, 2)
+        malloc.release()
+        build.setdefault(name, {}).update(
+            build_seconds=round(time.perf_counter() - start, 2),
+            rss_added_bytes=rss_bytes() - resident,
+            peak_rss_bytes=peak_rss_bytes(),
+        )
     return {name: steps[name] for name in variants}, build
+
+
+def rss_bytes() -> int:
+    """This process's resident bytes (Linux /proc)."""
+    return _status_bytes("VmRSS")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident bytes so far (Linux /proc)."""
+    return _status_bytes("VmHWM")
+
+
+def _status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no {key} in /proc/self/status")
 
 
 def sd15_vae(seed: int = 0) -> AutoencoderKL:
@@ -210,33 +319,35 @@ def ratio_table(times: dict[str, list[float]], columns: dict[str, dict[str, str]
     return "\n".join(lines)
 
 
-def time_embedding_share(unet, inputs: UNetInputs, rounds: int = 20) -> float:
-    """Time of the timestep embedding (sinusoid + MLP) over that of a whole FP32 step:
-    the most precomputing it per scheduler timestep could save."""
+def time_embedding_share(unet, inputs: UNetInputs, step_seconds: float, rounds: int = 20) -> float:
+    """Time of the timestep embedding (sinusoid + MLP) over ``step_seconds``, that of a whole FP32
+    step: the most precomputing it per scheduler timestep could save."""
     with torch.no_grad():
         start = time.perf_counter()
         for _ in range(rounds):
             unet.time_embedding(unet.time_proj(inputs.timestep))
-        embedding = (time.perf_counter() - start) / rounds
-        start = time.perf_counter()
-        UNetGraph(unet)(*inputs.args())
-        step = time.perf_counter() - start
-    return embedding / step
+        return (time.perf_counter() - start) / rounds / step_seconds
 
 
-def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
-    """Median step seconds of each variant over ``rounds`` interleaved rounds, ratios, and each
-    variant's relative L2 error against the FP32 UNet's output on the same inputs."""
+def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1, rebuild=None) -> dict:
+    """Median step seconds of each variant over ``rounds`` interleaved rounds, ratios, each
+    variant's relative L2 error against the FP32 UNet's output on the same inputs, and memory:
+    what each variant holds resident and the process's peak. ``rebuild``: as ``build_steps`` takes it."""
     inputs = random_inputs(unet, 500, seed=100)
+    parameters = sum(p.numel() for p in unet.parameters())
+    sample_size = unet.config.sample_size
     with tempfile.TemporaryDirectory(prefix="mixdiff-bench-") as work, torch.no_grad():
+        start = time.perf_counter()
         reference = UNetGraph(unet)(*inputs.args()).float()  # before any variant touches ``unet``
-        steps, build = build_steps(unet, variants, inputs, Path(work))
+        embedding_share = time_embedding_share(unet, inputs, time.perf_counter() - start)
+        fp32_weights = rss_bytes()
+        steps, build = build_steps(unet, variants, inputs, Path(work), rebuild=rebuild)
         times = interleaved(steps, rounds, warmup)
         errors = {name: rel_error(step(), reference) for name, step in steps.items()}
     median = {name: statistics.median(t) for name, t in times.items()}
     base = median.get(BASELINE)
     result = {
-        "unet": {"parameters": sum(p.numel() for p in unet.parameters()), "sample_size": unet.config.sample_size},
+        "unet": {"parameters": parameters, "sample_size": sample_size},
         "batch": inputs.sample.shape[0],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -253,7 +364,9 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1) -> dict:
             }
             for name in steps
         },
-        "time_embedding_share_of_fp32_step": round(time_embedding_share(unet, inputs), 5),
+        "rss_with_fp32_unet_bytes": fp32_weights,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "time_embedding_share_of_fp32_step": round(embedding_share, 5),
     }
     if any(name in openvino_peer.VARIANTS for name in steps):
         result["peer"] = {**openvino_peer.versions(), **versus_peer(median)}
@@ -295,20 +408,31 @@ def cpu_model() -> str:
 
 
 def markdown(result: dict) -> str:
+    gb = 1024**3
+    title = TITLES.get(result.get("architecture", ""), "")
     lines = [
-        f"UNet of {result['unet']['parameters'] / 1e6:.0f} M parameters, batch {result['batch']}, "
-        f"latents {result['unet']['sample_size']}x{result['unet']['sample_size']}, {result['threads']} threads, "
-        f"torch {result['torch']}, {result['cpu']}, median of {result['rounds']} interleaved rounds.",
+        f"{title + ' ' if title else ''}UNet of {result['unet']['parameters'] / 1e6:.0f} M parameters, "
+        f"batch {result['batch']}, latents {result['unet']['sample_size']}x{result['unet']['sample_size']}, "
+        f"{result['threads']} threads, torch {result['torch']}, {result['cpu']}, "
+        f"median of {result['rounds']} interleaved rounds.",
         "",
-        f"| variant | step (s, median) | step (s, min) | vs {BASELINE} | error vs fp32 | build (s) |",
-        "|---|---|---|---|---|---|",
+        f"| variant | step (s, median) | step (s, min) | vs {BASELINE} | error vs fp32 | build (s) | holds (GB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, v in result["variants"].items():
         ratio = "" if v[f"vs_{BASELINE}"] is None else f"{v[f'vs_{BASELINE}']:.2f}x"
+        holds = f"{v['rss_added_bytes'] / gb:.1f}" if "rss_added_bytes" in v else ""
         lines.append(
             f"| {name} | {v['median_seconds']:.3f} | {v['min_seconds']:.3f} | {ratio} | "
-            f"{v['rel_error_vs_fp32']:.1e} | {v['build_seconds']:.0f} |"
+            f"{v['rel_error_vs_fp32']:.1e} | {v['build_seconds']:.0f} | {holds} |"
         )
+    if "peak_rss_bytes" in result:
+        lines += [
+            "",
+            f"holds: resident memory the variant added when built (a BF16 variant built in place of the FP32 "
+            f"UNet adds less, or frees). The process: {result['rss_with_fp32_unet_bytes'] / gb:.1f} GB with the "
+            f"FP32 UNet alone, peak {result['peak_rss_bytes'] / gb:.1f} GB (building).",
+        ]
     if "peer" in result:
         lines += ["", *peer_markdown(result["peer"])]
     lines += ["", f"Time embedding: {100 * result['time_embedding_share_of_fp32_step']:.3f}% of an FP32 step."]
@@ -318,7 +442,7 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             (
-                f"VAE decode of one {size}x{size} image (SD 1.5's VAE, random weights, channels-last, "
+                f"VAE decode of one {size}x{size} image (SD's VAE architecture, random weights, channels-last, "
                 f"median of {vae['rounds']} interleaved rounds):"
             ),
             "",

@@ -1,16 +1,20 @@
-"""``mixdiff bench``: one UNet step in FP32, BF16 (eager and compiled) and INT8, side by side;
-with ``--service``, the server end to end; with ``--time-to-image``, a few-step image's time.
+"""``mixdiff bench``: one UNet step in FP32, BF16 (eager, compiled, ahead-of-time compiled) and
+INT8, side by side; with ``--service``, the server end to end; with ``--time-to-image``, a
+few-step image's time.
 
-The UNet is SD 1.5's architecture with random weights on SD 1.5's shapes (CFG batch
-2, 64x64 latents); compiling takes minutes. ``--service`` saves an SD 1.5-architecture
-pipeline with random weights and its INT8 artifact under ``--work`` (reused by later
-runs), starts ``mixdiff serve`` on it (BF16 eager, then BF16 compiled, each with the
-INT8 artifact) and records start-up, worker memory and 50-step 512x512 generations of
-BF16, the k=5 mixed schedule and INT8. ``--time-to-image`` times, at batch 1 (no CFG),
-each part of an image of SD 1.5- and SD 2.1-architecture models with random weights (text
-encoder, BF16 and INT8 UNet steps, full and tiny decoder, each interleaved with the others)
-and composes the time to a 1- and 4-step 512x512 image per schedule and decoder; builds take
-minutes per UNet. Results go to PREFIX.md and PREFIX.json.
+The UNet is SD 1.5's, SD 2.1's or SDXL's architecture (``--unet``) with random weights at
+its native size (CFG batch 2; 512x512, 768x768 and 1024x1024 px), with each variant's error
+against FP32 and the memory it holds, and a VAE decode at that size; compiling takes minutes
+(SDXL: about half an hour, and by default only INT8 and compiled BF16). ``--service`` saves
+an SD 1.5-architecture pipeline with random weights and its INT8 and BF16 artifacts under
+``--work`` (reused by later runs), starts ``mixdiff serve`` on it once per way of running
+BF16 (eager, ``--compile``, its BF16 artifact; ``--bf16`` picks), each with the INT8
+artifact, and records start-up, worker memory and 50-step 512x512 generations of BF16, the
+k=5 mixed schedule and INT8. ``--time-to-image`` times, at batch 1 (no CFG), each part of
+an image of SD 1.5- and SD 2.1-architecture models with random weights (text encoder, BF16
+and INT8 UNet steps, full and tiny decoder, each interleaved with the others) and composes
+the time to a 1- and 4-step 512x512 image per schedule and decoder; builds take minutes per
+UNet. Results go to PREFIX.md and PREFIX.json.
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ from app.commands.arguments import HelpFormatter
 from common import malloc
 
 # bench.unet_step.VARIANTS
-_VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", "int8-compiled")
+_VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", "bf16-aot", "int8-compiled")
+# bench.unet_step.ARCHITECTURES
+_UNETS = ("sd15", "sd21", "sdxl")
+#: SDXL's default: FP32 eager would hold its 10 GB of FP32 weights beside the others
+_SDXL_VARIANTS = ("bf16-compiled", "int8-compiled")
+# bench.service.BF16_MODES
+_BF16_MODES = ("eager", "compiled", "aot")
 # bench.time_to_image.ARCHITECTURES
 _ARCHITECTURES = ("sd15", "sd21", "tiny")
 
@@ -51,9 +61,10 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--unet",
-        choices=("sd15", "tiny"),
+        choices=(*_UNETS, "tiny"),
         default="sd15",
-        help="sd15: SD 1.5's UNet architecture (random weights); tiny: the tiny test UNet, a quick smoke run",
+        help="the UNet architecture, random weights at its native size: sd15 (512x512), sd21 (SD 2.1, 768x768), "
+        "sdxl (1024x1024; its FP32 UNet is 10 GB); tiny: the tiny test UNet, a quick smoke run",
     )
     parser.add_argument(
         "--rounds",
@@ -63,8 +74,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--variants",
-        default=",".join(_VARIANTS),
-        help=f"comma-separated, from: {', '.join(_VARIANTS)}",
+        default=None,
+        help=f"comma-separated, from: {', '.join(_VARIANTS)} (default: all; --unet sdxl: "
+        f"{','.join(_SDXL_VARIANTS)})",
     )
     parser.add_argument(
         "--peer",
@@ -84,6 +96,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--work", type=Path, default=Path("runs/bench"), help="--service: where the model folder is kept"
+    )
+    parser.add_argument(
+        "--bf16",
+        default=",".join(_BF16_MODES),
+        help="--service: comma-separated ways the server runs BF16, one start each: eager, compiled "
+        "(--compile) and aot (the artifact mixdiff quantize bf16 makes)",
     )
     parser.add_argument(
         "--steps",
@@ -107,6 +125,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.variants is None:
+        args.variants = ",".join(_SDXL_VARIANTS if args.unet == "sdxl" else _VARIANTS)
     variants = _names(args.variants)
     unknown = [v for v in variants if v not in _VARIANTS]
     if unknown or not variants:
@@ -121,6 +141,12 @@ def run(args: argparse.Namespace) -> int:
     if args.time_to_image and (unknown or not archs):
         print(f"mixdiff bench: unknown architecture(s) {', '.join(unknown) or '(none given)'}; "
               f"known: {', '.join(_ARCHITECTURES)}", file=sys.stderr)
+        return 2
+    modes = _names(args.bf16)
+    unknown = [m for m in modes if m not in _BF16_MODES]
+    if args.service and (unknown or not modes):
+        print(f"mixdiff bench: unknown --bf16 mode(s) {', '.join(unknown) or '(none given)'}; "
+              f"known: {', '.join(_BF16_MODES)}", file=sys.stderr)
         return 2
     if args.service and args.steps is not None and len(args.steps) != 1:
         print("mixdiff bench: --service takes one step count", file=sys.stderr)
@@ -153,19 +179,25 @@ def run(args: argparse.Namespace) -> int:
     elif args.service:
         from bench import service as report
 
-        result = report.run(args.work, unet=args.unet, rounds=args.rounds, steps=(args.steps or [50])[0])
+        steps = (args.steps or [50])[0]
+        result = report.run(args.work, unet=args.unet, modes=modes, rounds=args.rounds, steps=steps)
         default_out = Path("bench/service")
     else:
         report = unet_step
-        if args.unet == "sd15":
-            unet = unet_step.sd15_unet()
-        else:
+        if args.unet == "tiny":
             from app.pipeline.tiny import build_tiny_pipeline
 
             unet = build_tiny_pipeline("sd").unet
-        result = unet_step.run(unet, variants=variants, rounds=args.rounds)
-        if args.unet == "sd15":
-            result["vae_decode"] = unet_step.vae_decode(unet_step.sd15_vae(), latent_size=64, rounds=args.rounds)
+        else:
+            unet = unet_step.ARCHITECTURES[args.unet]()
+        size = unet.config.sample_size
+        # SDXL: its FP32 weights and an INT8 compilation do not fit in 23 GB together; the build drops them
+        rebuild = unet_step.ARCHITECTURES[args.unet] if args.unet == "sdxl" else None
+        measured = unet_step.run(unet, variants=variants, rounds=args.rounds, rebuild=rebuild)
+        result = {"architecture": args.unet, **measured}
+        if args.unet != "tiny":
+            del unet
+            result["vae_decode"] = unet_step.vae_decode(unet_step.sd15_vae(), latent_size=size, rounds=args.rounds)
         default_out = Path("bench/unet-step")
     md, js = unet_step.write(result, args.out or default_out, report.markdown)
     print(report.markdown(result))

@@ -43,11 +43,13 @@ def test_cli_choices_match_the_library():
     """The commands repeat these names so that ``--help`` need not import torch."""
     from app.commands import bench as bench_command
     from app.commands import quantize as quantize_command
-    from bench import unet_step
+    from bench import service, unet_step
     from quantization import calibration
 
     assert quantize_command._SAMPLERS == calibration.SAMPLERS
     assert bench_command._VARIANTS == unet_step.VARIANTS
+    assert bench_command._UNETS == tuple(unet_step.ARCHITECTURES)
+    assert bench_command._BF16_MODES == tuple(service.BF16_MODES)
 
 
 def test_every_method_has_its_arguments():
