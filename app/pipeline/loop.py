@@ -149,13 +149,14 @@ class MixedPrecisionPipeline:
         return available(self.pipe.scheduler.config)
 
     def warmup(self, steps: int) -> None:
-        """Run every variant ``steps`` times at the default size (compiles, if compiled): one generation
-        whose schedule runs them in turn, so the text encoder and the decoder run once, not once per
-        variant (a 512x512 decode takes longer than a step)."""
-        if steps <= 0:
-            return
-        schedule = [name for name in self.variants for _ in range(steps)]
-        self.generate(GenerationParams(prompt="warm-up", steps=len(schedule)), schedule)
+        """Run every variant that needs it ``steps`` times at the default size (compiles, if compiled): one
+        generation whose schedule runs them in turn, so the text encoder and the decoder run once, not once
+        per variant (a 512x512 decode takes longer than a step). Artifacts are compiled ahead of time and
+        need none (``warmed_up``)."""
+        schedule = [name for name, v in self.variants.items() if not getattr(v, "warmed_up", False)] * steps
+        if schedule:
+            schedule.sort(key=list(self.variants).index)
+            self.generate(GenerationParams(prompt="warm-up", steps=len(schedule)), schedule)
 
     @torch.inference_mode()
     def generate(

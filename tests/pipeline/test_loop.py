@@ -60,6 +60,16 @@ def test_warmup_runs_every_variant_and_decodes_once(tiny):
     assert len(decodes) == 1
 
 
+def test_warmup_skips_variants_compiled_ahead_of_time(tiny):
+    spies = {name: Spy(v) for name, v in tiny.variants.items()}
+    spies["bf16"].warmed_up = True  # as an artifact's PackagedUNet says
+    MixedPrecisionPipeline(tiny.pipe, spies, tiny.info).warmup(1)
+    assert (spies["fp32"].calls, spies["bf16"].calls) == (1, 0)
+    spies["fp32"].warmed_up = True
+    MixedPrecisionPipeline(tiny.pipe, spies, tiny.info).warmup(1)  # nothing left to warm: no generation
+    assert (spies["fp32"].calls, spies["bf16"].calls) == (1, 0)
+
+
 def test_same_seed_same_image_other_seed_other_image(tiny):
     params = GenerationParams(prompt="a red circle", steps=3, seed=7)
     first = tiny.generate(params, ["bf16"] * 3).images[0]
