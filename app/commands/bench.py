@@ -45,6 +45,14 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def _unknown(what: str, names: list[str], known: tuple[str, ...]) -> str | None:
+    """The error for ``names`` that are not all ``known`` (or are none); else ``None``."""
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        return f"mixdiff bench: unknown {what} {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}"
+    return None
+
+
 def _step_counts(text: str) -> list[int]:
     try:
         counts = [int(n) for n in _names(text)]
@@ -128,25 +136,19 @@ def run(args: argparse.Namespace) -> int:
     if args.variants is None:
         args.variants = ",".join(_SDXL_VARIANTS if args.unet == "sdxl" else _VARIANTS)
     variants = _names(args.variants)
-    unknown = [v for v in variants if v not in _VARIANTS]
-    if unknown or not variants:
-        print(f"mixdiff bench: unknown variant(s) {', '.join(unknown) or '(none given)'}; "
-              f"known: {', '.join(_VARIANTS)}", file=sys.stderr)
+    if problem := _unknown("variant(s)", variants, _VARIANTS):
+        print(problem, file=sys.stderr)
         return 2
     if args.peer and args.service:
         print("mixdiff bench: --peer times UNet steps; it does not go with --service", file=sys.stderr)
         return 2
     archs = _names(args.archs)
-    unknown = [a for a in archs if a not in _ARCHITECTURES]
-    if args.time_to_image and (unknown or not archs):
-        print(f"mixdiff bench: unknown architecture(s) {', '.join(unknown) or '(none given)'}; "
-              f"known: {', '.join(_ARCHITECTURES)}", file=sys.stderr)
+    if args.time_to_image and (problem := _unknown("architecture(s)", archs, _ARCHITECTURES)):
+        print(problem, file=sys.stderr)
         return 2
     modes = _names(args.bf16)
-    unknown = [m for m in modes if m not in _BF16_MODES]
-    if args.service and (unknown or not modes):
-        print(f"mixdiff bench: unknown --bf16 mode(s) {', '.join(unknown) or '(none given)'}; "
-              f"known: {', '.join(_BF16_MODES)}", file=sys.stderr)
+    if args.service and (problem := _unknown("--bf16 mode(s)", modes, _BF16_MODES)):
+        print(problem, file=sys.stderr)
         return 2
     if args.service and args.steps is not None and len(args.steps) != 1:
         print("mixdiff bench: --service takes one step count", file=sys.stderr)

@@ -39,6 +39,11 @@ def test_bench_rejects_unknown_variant(capsys):
     assert "unknown variant(s) int4-compiled" in capsys.readouterr().err
 
 
+def test_bench_service_rejects_unknown_bf16_mode(capsys):
+    assert main(["bench", "--service", "--bf16", "eager,jit"]) == 2
+    assert "unknown --bf16 mode(s) jit; known: eager, compiled, aot" in capsys.readouterr().err
+
+
 def test_cli_choices_match_the_library():
     """The commands repeat these names so that ``--help`` need not import torch."""
     from app.commands import bench as bench_command
