@@ -139,12 +139,7 @@ def _free_port() -> int:
 
 def _memory(pid: int) -> dict:
     """Resident and peak resident bytes of a process (Linux /proc)."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) * 1024
-    return {"rss_bytes": fields["VmRSS"], "peak_rss_bytes": fields["VmHWM"]}
+    return {"rss_bytes": unet_step.rss_bytes(pid), "peak_rss_bytes": unet_step.peak_rss_bytes(pid)}
 
 
 def _ready_worker(client: httpx.Client) -> dict | None:

@@ -216,21 +216,22 @@ def build_steps(
     return {name: steps[name] for name in variants}, build
 
 
-def rss_bytes() -> int:
-    """This process's resident bytes (Linux /proc)."""
-    return _status_bytes("VmRSS")
+def rss_bytes(pid: int | str = "self") -> int:
+    """A process's resident bytes, this one's unless ``pid`` (Linux /proc)."""
+    return _status_bytes("VmRSS", pid)
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident bytes so far (Linux /proc)."""
-    return _status_bytes("VmHWM")
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """A process's peak resident bytes so far, this one's unless ``pid`` (Linux /proc)."""
+    return _status_bytes("VmHWM", pid)
 
 
-def _status_bytes(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _status_bytes(key: str, pid: int | str) -> int:
+    status = Path(f"/proc/{pid}/status")
+    for line in status.read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
-    raise OSError(f"no {key} in /proc/self/status")
+    raise OSError(f"no {key} in {status}")
 
 
 def sd15_vae(seed: int = 0) -> AutoencoderKL:

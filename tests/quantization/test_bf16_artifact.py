@@ -74,6 +74,6 @@ def test_served_with_artifacts_alone_the_worker_drops_the_fp32_unet(bf16_artifac
     assert result.images
 
 
-def test_a_bf16_artifact_has_no_fallback_layers(tiny_pipe):
+def test_a_bf16_artifact_has_no_fallback_layers():
     with pytest.raises(ValueError, match="quantizes nothing"):
         BF16Config().quantize(None, ["up_blocks.0"], [], None)
