@@ -40,6 +40,8 @@ from quantization.runtime import load_package
 VARIANTS = ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa", "bf16-aot", "int8-compiled")
 #: The variants built as AOTInductor packages, from the FP32 UNet.
 PACKAGED = ("bf16-aot", "int8-compiled")
+#: The BF16 variants that are the server's ``EagerUNet`` (the FP32 one is ``fp32-eager``).
+EAGER_BF16 = ("bf16-eager", "bf16-compiled", "bf16-compiled-sdpa")
 #: The variant the others are compared with.
 BASELINE = "bf16-compiled"
 
@@ -175,11 +177,11 @@ def build_steps(
     # packages first, eager variants last: FP32 eager turns ``unet`` itself channels-last, which the
     # others must not inherit
     order = sorted((v for v in variants if v not in peers), key=lambda v: (v.endswith("-eager"), v not in PACKAGED))
-    floats = [v for v in order if v in ("bf16-eager", "bf16-compiled", "bf16-compiled-sdpa")]
+    floats = [v for v in order if v in EAGER_BF16]
     for name in order:
         start = time.perf_counter()
         resident = rss_bytes()
-        if name in ("fp32-eager", "bf16-eager", "bf16-compiled", "bf16-compiled-sdpa"):
+        if name == "fp32-eager" or name in EAGER_BF16:
             precision, mode = name.split("-")[:2]
             fused = not name.endswith("-sdpa")
             in_place = "fp32-eager" not in variants and name == floats[-1]
@@ -195,7 +197,7 @@ def build_steps(
                 malloc.release()
             build_package(converted, inputs, package, weights, inputs.batch)
             del converted
-            if rebuild is not None:
+            if rebuild is not None and name != order[-1]:  # what follows starts from the FP32 weights
                 unet = rebuild()
             malloc.release()  # the build's freed memory, before the steps are timed
             built = time.perf_counter()
