@@ -153,9 +153,9 @@ class MixedPrecisionPipeline:
         generation whose schedule runs them in turn, so the text encoder and the decoder run once, not once
         per variant (a 512x512 decode takes longer than a step). Artifacts are compiled ahead of time and
         need none (``warmed_up``)."""
-        schedule = [name for name, v in self.variants.items() if not getattr(v, "warmed_up", False)] * steps
+        cold = [name for name, v in self.variants.items() if not getattr(v, "warmed_up", False)]
+        schedule = [name for name in cold for _ in range(steps)]
         if schedule:
-            schedule.sort(key=list(self.variants).index)
             self.generate(GenerationParams(prompt="warm-up", steps=len(schedule)), schedule)
 
     @torch.inference_mode()
