@@ -3,7 +3,8 @@
 
     python bench/onednn_summary.py verbose.log [--shapes] [--mark "MARK AOTInductor package"]
 
-``--shapes`` lists the costliest matmul and convolution problems instead. ``--mark``
+``--shapes`` lists the costliest matmul and convolution problems instead, each with the rate it ran
+at (multiply-accumulates a second: how far from the CPU's peak it is). ``--mark``
 reads the executions between that line and the next ``MARK`` line.
 (Verbose logging itself slows every call; read the times as shares, not as a step time.)
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import re
 from pathlib import Path
 
@@ -33,27 +35,43 @@ def executions(text: str, mark: str = "MARK"):
         yield fields[i + 2], fields[i + 3], fields[i + 5], fields[-2], ms
 
 
+def multiply_accumulates(kind: str, problem: str) -> int:
+    """The multiply-accumulates of one oneDNN ``convolution`` (``mb2_ic320oc320_ih64oh64kh3...``) or
+    ``matmul`` (``[batch x]MxK:KxN``) problem."""
+    if kind == "convolution":
+        size = {name: int(value) for name, value in re.findall(r"([a-z]+)(\d+)", problem)}
+        return math.prod(size.get(name, 1) for name in ("mb", "g", "oc", "ic", "od", "oh", "ow", "kd", "kh", "kw"))
+    source, weights = problem.split(":")
+    return math.prod(int(n) for n in source.split("x")) * int(weights.split("x")[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("log", type=Path)
     parser.add_argument("--shapes", action="store_true")
     parser.add_argument("--mark", default="MARK", help="the line the executions to read follow")
     args = parser.parse_args()
-    totals: dict[tuple, list] = collections.defaultdict(lambda: [0, 0.0])
+    totals: dict[tuple, list] = collections.defaultdict(lambda: [0, 0.0, 0])
     for kind, impl, memory, problem, ms in executions(args.log.read_text(), args.mark):
         if args.shapes:
             if kind not in ("matmul", "convolution"):
                 continue
             key = (kind, problem, re.findall(r"dst:(\w+)", memory)[0])
+            totals[key][2] += multiply_accumulates(kind, problem)
         else:
             src, wei = re.findall(r"src:(\w+)", memory), re.findall(r"wei:(\w+)", memory)
             key = (kind, impl or "-", src[0] if src else "-", wei[0] if wei else "-")
         totals[key][0] += 1
         totals[key][1] += ms
-    grand = sum(ms for _, ms in totals.values())
-    for key, (calls, ms) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:20]:
-        print(f"{ms:9.1f} ms {100 * ms / grand:5.1f}% {calls:6d} calls  {' | '.join(key)}")
-    print(f"{grand:9.1f} ms in all")
+    grand = sum(ms for _, ms, _ in totals.values())
+    for key, (calls, ms, macs) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:20]:
+        rate = f" {macs / ms / 1e6:5.0f} GMAC/s" if args.shapes else ""
+        print(f"{ms:9.1f} ms {100 * ms / grand:5.1f}% {calls:6d} calls{rate}  {' | '.join(key)}")
+    if args.shapes:
+        macs = sum(macs for *_, macs in totals.values())
+        print(f"{grand:9.1f} ms in all, {macs / 1e9:.1f} GMAC, {macs / grand / 1e6:.0f} GMAC/s")
+    else:
+        print(f"{grand:9.1f} ms in all")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     python bench/profile_step.py runs/bench/sd15-random --precision int8 --steps 4
 
-loads the variant as the server does (``bf16`` compiled with ``--compile``), runs a
+loads the variant as the server does (``bf16`` compiled with ``--compile``; with the
+server's malloc tunables: it runs itself again with them where they are not set), runs a
 warm-up step on SD 1.5-shaped random inputs (CFG batch 2, the UNet's own latent
 size, 77 text tokens), prints ``MARK``, then times ``--steps`` steps. Everything a
 profiler records after ``MARK`` is steady-state stepping:
@@ -22,6 +23,7 @@ import torch
 
 from app.pipeline.loader import load_diffusers_pipeline
 from app.pipeline.variants import build_variants
+from common import malloc
 
 
 def main() -> None:
@@ -31,10 +33,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the fp32/bf16 UNet, as serve --compile")
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
+    malloc.exec_with_tunables()
 
     pipe, _, path = load_diffusers_pipeline(str(args.model))
     variants, unavailable = build_variants(pipe, [args.precision], compile=args.compile, model_dir=path)
-    if unavailable:
+    if args.precision in unavailable:
         raise SystemExit(unavailable[args.precision])
     unet = variants[args.precision]
     config = pipe.unet.config

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 
 TUNABLES = {
     "glibc.malloc.hugetlb": "1",
@@ -49,6 +50,14 @@ def with_tunables(environ: dict[str, str]) -> dict[str, str] | None:
     if not missing:
         return None
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, *missing]))}
+
+
+def exec_with_tunables() -> None:
+    """Run this process's command again, in place (same pid), with the tunables, unless it has them:
+    for scripts that time or profile steps the way the workers run them."""
+    environ = with_tunables(dict(os.environ))
+    if environ is not None:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
 
 
 def for_children() -> None:

@@ -60,6 +60,12 @@ class UNetVariant(Protocol):
 
     Takes and returns fp32 tensors; any casting is the variant's own business, so the
     denoising loop never changes when a variant is added.
+
+    Two attributes are optional, and the loop reads them where a variant has them:
+    ``supports(batch, height, width)``, False for inputs the variant cannot run (an
+    artifact's fixed latent size), checked before a generation starts; and ``warmed_up``,
+    True where the first call is as fast as the next (compiled ahead of time), so warming up
+    skips it.
     """
 
     precision: str

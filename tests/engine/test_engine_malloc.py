@@ -51,3 +51,23 @@ def test_release_returns_freed_heap_memory_to_the_kernel():
     env = {**os.environ, "GLIBC_TUNABLES": ALL}
     freed = int(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout)
     assert freed > 100 << 20  # most of the 200 MB freed in the middle of the heap
+
+
+def test_a_script_runs_itself_again_in_place_with_the_tunables(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            print(os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], flush=True)
+            from common.malloc import exec_with_tunables
+            exec_with_tunables()
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | {"PYTHONPATH": os.getcwd()}
+    run = [sys.executable, str(script), "--flag", "x"]
+    out = subprocess.run(run, env=env, capture_output=True, text=True, check=True)
+    first, second = out.stdout.splitlines()  # the second run has them, and does not run itself again
+    pid, tunables, argv = first.split(" ", 2)
+    assert tunables == "None" and second == f"{pid} {ALL} {argv}" and argv == "['--flag', 'x']"
