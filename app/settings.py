@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         description="what the VAE decodes images in: bf16 takes a fraction of fp32's time "
         "(see Speed in docs/QUANTIZATION.md)",
     )
+    text_encoder_precision: Literal["fp32", "bf16"] = Field(
+        "bf16",
+        description="what the text encoders encode prompts in: bf16 takes under half of fp32's time, which "
+        "counts at few steps (docs/FEW_STEPS.md)",
+    )
 
     # -- workers ---------------------------------------------------------------------------
     workers: int = Field(1, ge=1, description="worker processes; each holds every variant of the model in memory")

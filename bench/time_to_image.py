@@ -12,7 +12,7 @@ Each architecture has random weights (the arithmetic, and so the time, is the tr
 SD 1.5's UNet with CLIP ViT-L/14's text encoder, SD 2.1-base's UNet with OpenCLIP ViT-H's
 (23 layers, as SD 2.x runs it), both with SD's VAE decoder ("full") and TAESD's architecture
 (``AutoencoderTiny``, "tiny"). mixdiff's parts run as its server runs them: the text encoder
-in FP32 eager, the UNet compiled BF16 (``EagerUNet(compile=True)``) or INT8 (PT2E and
+in BF16 eager (and in FP32 besides), the UNet compiled BF16 (``EagerUNet(compile=True)``) or INT8 (PT2E and
 AOTInductor as ``mixdiff bench`` builds it, exported, calibrated and compiled at batch 1), the
 decoders in BF16 channels-last. OpenVINO's (``--peer openvino``) are the same modules converted
 by ``openvino.convert_model`` and run with BF16 inference precision, its INT8 UNet NNCF's, all
@@ -47,15 +47,16 @@ UNETS = {
 }
 #: The text encoder and the decoders each side runs, by part.
 PARTS = {
-    "mixdiff": {"text": "text-encoder-fp32", "full": "full-vae-bf16", "tiny": "tiny-vae-bf16"},
+    "mixdiff": {"text": "text-encoder-bf16", "full": "full-vae-bf16", "tiny": "tiny-vae-bf16"},
     "openvino": {
         "text": "openvino-text-encoder-bf16",
         "full": "openvino-full-vae-bf16",
         "tiny": "openvino-tiny-vae-bf16",
     },
 }
-#: Timed besides: whether the tiny decoder is faster in FP32 than in BF16.
+#: Timed besides: whether the tiny decoder is faster in FP32 than in BF16, and the text encoder in FP32.
 TINY_FP32 = "tiny-vae-fp32"
+TEXT_FP32 = "text-encoder-fp32"
 DECODERS = ("full", "tiny")
 #: The few-step models' prompt length: every prompt is padded to CLIP's 77 positions.
 TOKENS = 77
@@ -160,6 +161,21 @@ def _unet_steps(side: str, unet, inputs, work: Path, label: str) -> dict[str, _P
     return {name: _Part(steps[name], "unet", build[name]["build_seconds"]) for name in variants}
 
 
+def _mixdiff_text_encoders(models: Models, ids: torch.Tensor) -> dict[str, _Part]:
+    """mixdiff's text encoder of ``ids`` as the loop runs it (``set_text_encoder_precision``: BF16,
+    cast back to FP32), and in FP32 besides."""
+    from app.pipeline.loop import set_text_encoder_precision
+
+    start = time.perf_counter()
+    bf16 = _Encode(set_text_encoder_precision(copy.deepcopy(models.text_encoder), "bf16"))
+    seconds = time.perf_counter() - start
+    fp32 = _Encode(models.text_encoder)
+    return {
+        PARTS["mixdiff"]["text"]: _Part(lambda: bf16(ids).float(), "text", seconds),
+        TEXT_FP32: _Part(lambda: fp32(ids), "text", 0.0),  # as loaded: nothing to build
+    }
+
+
 def _mixdiff_decoders(models: Models, latents: torch.Tensor) -> dict[str, _Part]:
     """mixdiff's decoders of ``latents`` as the loop runs them, and the tiny one in FP32 besides."""
     vaes = {"full": models.vae, "tiny": models.tiny_vae}
@@ -202,9 +218,8 @@ def measure(models: Models, *, rounds: int, peer: bool, label: str) -> dict[str,
     inputs = unet_step.random_inputs(unet, 500, seed=100, batch=1)
     with tempfile.TemporaryDirectory(prefix="mixdiff-bench-") as work, torch.no_grad():
         _phase(label, "FP32 references")
-        text = _Encode(models.text_encoder)
         references = {
-            "text": text(ids),
+            "text": _Encode(models.text_encoder)(ids),
             "unet": UNetGraph(unet)(*inputs.args()).float(),  # before any variant touches ``unet``
             "full": _Decode(models.vae)(latents),
             "tiny": _Decode(models.tiny_vae)(latents),
@@ -213,7 +228,7 @@ def measure(models: Models, *, rounds: int, peer: bool, label: str) -> dict[str,
         # mixdiff's variants are built from it, and its calibration's peak comes before theirs is held
         parts = _openvino_parts(models, ids, latents, inputs, Path(work), label) if peer else {}
         parts = {
-            PARTS["mixdiff"]["text"]: _Part(lambda: text(ids), "text", 0.0),  # as loaded: nothing to build
+            **_mixdiff_text_encoders(models, ids),
             **_unet_steps("mixdiff", unet, inputs, Path(work), label),
             **_mixdiff_decoders(models, latents),
             **parts,
@@ -352,7 +367,7 @@ def markdown(result: dict) -> str:
         f"`{result['command']}`",
         "",
         "Time to image = text encode + the UNet steps + decode, composed from each part's median; the scheduler's "
-        "arithmetic (under a millisecond a step) and tokenizing are left out. mixdiff: text encoder FP32 eager, UNet "
+        "arithmetic (under a millisecond a step) and tokenizing are left out. mixdiff: text encoder BF16 eager, UNet "
         "compiled BF16 or INT8 (built at batch 1), decoders BF16 channels-last. OpenVINO: the same modules "
         "converted, BF16 inference precision, INT8 UNet by NNCF. bf16/int8:1:1: the first and last step BF16, "
         "INT8 between. Error: relative L2 against the same module in FP32.",

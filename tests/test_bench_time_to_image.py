@@ -15,7 +15,7 @@ from quantization.graph import UNetGraph, example_args
 from quantization.inputs import BATCH, UNetInputs, run_in_batches
 
 MEDIAN = {
-    "text-encoder-fp32": 0.2, "bf16-compiled": 2.0, "int8-compiled": 1.25, "full-vae-bf16": 3.0,
+    "text-encoder-bf16": 0.2, "bf16-compiled": 2.0, "int8-compiled": 1.25, "full-vae-bf16": 3.0,
     "tiny-vae-bf16": 0.25, "openvino-text-encoder-bf16": 0.1, "openvino-bf16": 2.5, "openvino-int8": 1.5,
     "openvino-full-vae-bf16": 3.5, "openvino-tiny-vae-bf16": 0.4,
 }  # fmt: skip
@@ -85,13 +85,14 @@ def test_a_tiny_run_writes_the_parts_and_the_composed_table(quick_builds, tmp_pa
     argv = ["bench", "--time-to-image", "--archs", "tiny", "--steps", "1,3", "--rounds", "1", "--peer", "openvino",
             "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
-    assert "[tiny] timing 11 parts, 1 interleaved rounds" in capsys.readouterr().out
+    assert "[tiny] timing 12 parts, 1 interleaved rounds" in capsys.readouterr().out
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["command"] == "mixdiff " + " ".join(argv) and result["batch"] == 1
     arch = result["architectures"]["tiny"]
     parts = arch["parts"]
-    assert set(parts) == set(MEDIAN) | {time_to_image.TINY_FP32}
+    assert set(parts) == set(MEDIAN) | {time_to_image.TINY_FP32, time_to_image.TEXT_FP32}
     assert parts["text-encoder-fp32"]["rel_error_vs_fp32"] == 0
+    assert 0 < parts["text-encoder-bf16"]["rel_error_vs_fp32"] < 0.1  # BF16 against the same encoder in FP32
     assert 0 < parts["full-vae-bf16"]["rel_error_vs_fp32"] < 0.1  # BF16 against the same decoder in FP32
     assert 0 < parts["tiny-vae-bf16"]["rel_error_vs_fp32"] < 0.1
     assert len(arch["rows"]) == 2 * (2 + 3) * 2

@@ -30,6 +30,7 @@ def _model(request: Request) -> dict:
         "prediction_type": info["prediction_type"],
         "max_prompt_tokens": info["max_prompt_tokens"],
         "vae_precision": info["vae_precision"],
+        "text_encoder_precision": info["text_encoder_precision"],
         "defaults": info["defaults"],
         "parameters": info["parameters"],
         "precisions": model.precisions,

@@ -70,6 +70,12 @@ def register(subparsers) -> None:
         default="fp32",
         help="what every schedule's images are decoded in (default fp32: the reference is FP32 throughout)",
     )
+    parser.add_argument(
+        "--text-encoder-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="what every schedule's prompts are encoded in (default fp32: the reference is FP32 throughout)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -98,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        pipeline = MixedPrecisionPipeline.load(args.model, precisions_of(specs), vae_precision=args.vae_precision)
+        pipeline = MixedPrecisionPipeline.load(
+            args.model,
+            precisions_of(specs),
+            vae_precision=args.vae_precision,
+            text_encoder_precision=args.text_encoder_precision,
+        )
     except RuntimeError as exc:
         print(f"mixdiff eval: {exc}", file=sys.stderr)
         return 2
@@ -165,7 +176,12 @@ def _reference(args, progress):
     from shapes import dataset
     from shapes.evaluate import Reference, generate_set
 
-    teacher = MixedPrecisionPipeline.load(args.reference_model, ["fp32"], vae_precision=args.vae_precision)
+    teacher = MixedPrecisionPipeline.load(
+        args.reference_model,
+        ["fp32"],
+        vae_precision=args.vae_precision,
+        text_encoder_precision=args.text_encoder_precision,
+    )
     own = teacher.info.defaults
     count = args.reference_steps or own["steps"]
     label = f"{teacher.info.name} fp32"

@@ -45,6 +45,9 @@ def register(subparsers) -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the UNets"
     )
     parser.add_argument("--vae-precision", choices=("fp32", "bf16"), default="bf16", help="what the VAE decodes in")
+    parser.add_argument(
+        "--text-encoder-precision", choices=("fp32", "bf16"), default="bf16", help="what the text encoders encode in"
+    )
     parser.set_defaults(func=run)
 
 
@@ -89,7 +92,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         pipeline = MixedPrecisionPipeline.load(
-            args.model, sorted(precisions_named(spec)), compile=args.compile, vae_precision=args.vae_precision
+            args.model,
+            sorted(precisions_named(spec)),
+            compile=args.compile,
+            vae_precision=args.vae_precision,
+            text_encoder_precision=args.text_encoder_precision,
         )
     except RuntimeError as exc:  # a missing or unsupported model folder
         print(f"mixdiff generate: {exc}", file=sys.stderr)

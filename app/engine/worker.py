@@ -82,6 +82,7 @@ def main(index: int, cores: list[int], settings: Settings, conn: Connection, can
             compile=settings.compile,
             fused_attention=settings.fused_attention,
             vae_precision=settings.vae_precision,
+            text_encoder_precision=settings.text_encoder_precision,
         )
         pipeline.warmup(settings.warmup_steps)
     except Exception as exc:  # the API process shows it; the worker is not restarted

@@ -1,7 +1,7 @@
 """The mixed-precision denoising loop: at each step, the UNet variant the schedule names.
 
-The text encoder runs as loaded (fp32); the UNet changes precision step by step; the
-request's decoder, the VAE or the model's tiny decoder, decodes in ``vae_precision``
+The text encoders encode in ``text_encoder_precision``; the UNet changes precision step by
+step; the request's decoder, the VAE or the model's tiny decoder, decodes in ``vae_precision``
 (``bf16`` takes a fraction of FP32's time on SD 1.5's VAE: docs/QUANTIZATION.md,
 "Speed"). The initial noise depends on the seed alone, so images from different
 schedules are comparable pixel for pixel.
@@ -29,16 +29,30 @@ from app.pipeline.schedulers import available, make_scheduler
 from app.pipeline.types import GenerationParams, GenerationResult, StepCallback, StepRecord, UNetVariant
 from app.pipeline.variants import build_variants
 
-#: What the VAE may decode in.
-VAE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: What the VAE may decode in, and the text encoders encode in.
+MODULE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _dtype(precision: str, what: str) -> torch.dtype:
+    if precision not in MODULE_PRECISIONS:
+        raise ValueError(f"unknown {what} precision {precision!r}: {', '.join(MODULE_PRECISIONS)}")
+    return MODULE_PRECISIONS[precision]
+
+
+def _fp32(embeds: torch.Tensor | None) -> torch.Tensor | None:
+    return None if embeds is None else embeds.float()
 
 
 def set_vae_precision(vae: torch.nn.Module, precision: str) -> torch.nn.Module:
     """``vae`` (or a tiny decoder), converted in place to decode in ``precision``, channels-last:
     oneDNN's native layout for convolutions, the whole of a decoder's work."""
-    if precision not in VAE_PRECISIONS:
-        raise ValueError(f"unknown VAE precision {precision!r}: {', '.join(VAE_PRECISIONS)}")
-    return vae.to(VAE_PRECISIONS[precision], memory_format=torch.channels_last)
+    return vae.to(_dtype(precision, "VAE"), memory_format=torch.channels_last)
+
+
+def set_text_encoder_precision(encoder: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """A text encoder, converted in place to encode in ``precision``. The loop casts what it
+    returns back to FP32 (``_encode``), so the UNets see the same dtype either way."""
+    return encoder.to(_dtype(precision, "text encoder"))
 
 
 @dataclass
@@ -51,6 +65,7 @@ class ModelInfo:
     prediction_type: str  # "epsilon" or "v_prediction"
     max_prompt_tokens: int
     vae_precision: str  # "fp32" or "bf16"
+    text_encoder_precision: str  # "fp32" or "bf16"
     defaults: dict  # steps, guidance_scale, precision, scheduler, decoder of a request that names none
     decoders: list[str]  # "full", and "tiny" where the folder has a tiny decoder
     parameters: dict[str, int] = field(default_factory=dict)  # component -> parameter count
@@ -74,6 +89,7 @@ class MixedPrecisionPipeline:
         compile: bool = False,
         fused_attention: bool = True,
         vae_precision: str = "fp32",
+        text_encoder_precision: str = "fp32",
     ) -> MixedPrecisionPipeline:
         """Load a pipeline folder (or ``tiny-random``) and build the variants named in ``precisions``."""
         pipe, family, path = load_diffusers_pipeline(model)
@@ -85,6 +101,7 @@ class MixedPrecisionPipeline:
             fused_attention=fused_attention,
             path=path,
             vae_precision=vae_precision,
+            text_encoder_precision=text_encoder_precision,
         )
 
     @classmethod
@@ -98,6 +115,7 @@ class MixedPrecisionPipeline:
         fused_attention: bool = True,
         path: Path | None = None,
         vae_precision: str = "fp32",
+        text_encoder_precision: str = "fp32",
     ) -> MixedPrecisionPipeline:
         """Wrap a diffusers pipeline already in memory; ``path`` is where its int8 artifacts and
         tiny decoder live."""
@@ -115,6 +133,9 @@ class MixedPrecisionPipeline:
             )
         for decoder in decoders.values():
             set_vae_precision(decoder, vae_precision)
+        for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):  # SDXL has two
+            if encoder is not None:
+                set_text_encoder_precision(encoder, text_encoder_precision)
         variants, unavailable = build_variants(
             pipe, precisions, compile=compile, fused_attention=fused_attention, model_dir=path
         )
@@ -127,6 +148,7 @@ class MixedPrecisionPipeline:
             prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
             max_prompt_tokens=pipe.tokenizer.model_max_length,
             vae_precision=vae_precision,
+            text_encoder_precision=text_encoder_precision,
             defaults=defaults,
             decoders=list(decoders),
             parameters={
@@ -250,19 +272,22 @@ class MixedPrecisionPipeline:
         return warnings
 
     def _encode(self, params: GenerationParams, cfg: bool, width: int, height: int) -> dict:
-        """Text conditioning, CFG batch already concatenated as ``[uncond, cond]``."""
+        """Text conditioning in FP32, CFG batch already concatenated as ``[uncond, cond]``."""
         pipe = self.pipe
         if self.info.family == "sd":
-            cond, uncond = pipe.encode_prompt(
-                params.prompt, "cpu", params.n, cfg, negative_prompt=params.negative_prompt
+            cond, uncond = map(
+                _fp32, pipe.encode_prompt(params.prompt, "cpu", params.n, cfg, negative_prompt=params.negative_prompt)
             )
             return {"hidden": torch.cat([uncond, cond]) if cfg else cond, "added": None}
-        cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
-            params.prompt,
-            device="cpu",
-            num_images_per_prompt=params.n,
-            do_classifier_free_guidance=cfg,
-            negative_prompt=params.negative_prompt,
+        cond, uncond, pooled, uncond_pooled = map(
+            _fp32,
+            pipe.encode_prompt(
+                params.prompt,
+                device="cpu",
+                num_images_per_prompt=params.n,
+                do_classifier_free_guidance=cfg,
+                negative_prompt=params.negative_prompt,
+            ),
         )
         time_ids = pipe._get_add_time_ids(
             (height, width),

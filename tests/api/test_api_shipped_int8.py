@@ -45,7 +45,7 @@ def test_int8_is_offered(server):
     assert (model["prediction_type"], model["schedulers"]) == (
         "v_prediction", ["ddim", "euler", "euler_a", "dpmpp", "lcm", "tcd", "euler_a_trailing"]
     )  # fmt: skip
-    assert model["vae_precision"] == "bf16"  # the server's default
+    assert model["vae_precision"] == model["text_encoder_precision"] == "bf16"  # the server's defaults
     split = {"high": "bf16", "low": "int8", "first": 5, "last": 5}
     own = {"steps": 30, "guidance_scale": 5.0, "precision": split, "scheduler": "ddim", "decoder": "full"}
     assert model["defaults"] == own  # the folder's mixdiff.json, mixdiff's own for the rest

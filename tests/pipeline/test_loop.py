@@ -211,6 +211,28 @@ def test_bf16_vae_decodes_the_same_latents_to_nearly_the_same_image(tiny):
         MixedPrecisionPipeline.from_pipe(build_tiny_pipeline("sd"), "sd", ["fp32"], vae_precision="fp16")
 
 
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_bf16_text_encoders_condition_the_fp32_unet_nearly_as_fp32_ones_do(family):
+    params = GenerationParams(prompt="a red circle", negative_prompt="a blue square", steps=2, seed=5)
+    fp32 = MixedPrecisionPipeline.from_pipe(build_tiny_pipeline(family), family, ["fp32"])
+    bf16 = MixedPrecisionPipeline.from_pipe(
+        build_tiny_pipeline(family), family, ["fp32"], text_encoder_precision="bf16"
+    )
+    encoders = [bf16.pipe.text_encoder] + ([bf16.pipe.text_encoder_2] if family == "sdxl" else [])
+    assert all(encoder.dtype == torch.bfloat16 for encoder in encoders)
+    assert bf16.info.text_encoder_precision == "bf16" and fp32.info.text_encoder_precision == "fp32"
+    text = bf16._encode(params, cfg=True, width=64, height=64)
+    assert text["hidden"].dtype == torch.float32  # what every UNet variant is handed
+    if family == "sdxl":
+        assert text["added"]["text_embeds"].dtype == torch.float32
+    reference = pixels(fp32.generate(params, ["fp32"] * 2).images[0])
+    image = pixels(bf16.generate(params, ["fp32"] * 2).images[0])
+    other = pixels(fp32.generate(GenerationParams(prompt="a red circle", steps=2, seed=6), ["fp32"] * 2).images[0])
+    assert np.abs(image - reference).mean() < 0.2 * np.abs(other - reference).mean()
+    with pytest.raises(ValueError, match="unknown text encoder precision 'fp16'"):
+        MixedPrecisionPipeline.from_pipe(build_tiny_pipeline(family), family, ["fp32"], text_encoder_precision="fp16")
+
+
 def test_a_model_folder_may_set_its_own_steps_guidance_and_precision(tmp_path):
     file = tmp_path / SETTINGS_FILE
     own = {"steps": 30, "guidance_scale": 7.5, "precision": "bf16", "scheduler": "ddim", "decoder": "full"}
