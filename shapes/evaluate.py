@@ -70,8 +70,10 @@ class Row:
     agreement: float | None  # share of images read exactly as their FP32 image; None for the FP32 row
     frechet: float
     psnr_db: float | None  # mean over images vs the FP32 image; None for the FP32 row
-    ssim: float | None
+    ssim: float | None  # mean over images
     seconds_per_image: float
+    ssim_median: float | None = None  # the typical image, which a few whose composition flips do not move
+    ssim_per_image: list[float] | None = None  # in prompt order: rows compared image by image
 
 
 @dataclass
@@ -93,7 +95,8 @@ class Report:
     def to_markdown(self) -> str:
         seen = {a for row in self.rows for a in row.accuracy}
         attributes = [a for a in ATTRIBUTES if a in seen]
-        head = ["schedule", "steps", "overall", *attributes, "read as FP32", "Fréchet", "PSNR dB", "SSIM", "s/image"]
+        head = ["schedule", "steps", "overall", *attributes, "read as FP32", "Fréchet", "PSNR dB"]
+        head += ["SSIM", "SSIM median", "s/image"]
         lines = [
             f"Model `{self.model}`: {self.n} prompts, {', '.join(map(str, self.steps))} steps of {self.scheduler}, "
             f"guidance {self.guidance_scale}, {self.decoder} decoder, seeds {self.seed}..{self.seed + self.n - 1}, "
@@ -113,6 +116,7 @@ class Report:
                 f"{row.frechet:.2f}",
                 "ref" if row.psnr_db is None else f"{row.psnr_db:.2f}",
                 "ref" if row.ssim is None else f"{row.ssim:.4f}",
+                "ref" if row.ssim_median is None else f"{row.ssim_median:.4f}",
                 f"{row.seconds_per_image:.2f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -189,6 +193,7 @@ def evaluate(
     def add_row(label: str, steps_text: str, batch: np.ndarray, seconds: float, is_reference: bool) -> None:
         images[label], readings[label] = batch, yardstick.read(classifier, batch)
         ref = next(iter(images))  # the first row is the reference
+        ssims = None if is_reference else [metrics.ssim(a, b) for a, b in zip(batch, images[ref])]
         report.rows.append(
             Row(
                 schedule=label,
@@ -197,8 +202,10 @@ def evaluate(
                 agreement=None if is_reference else metrics.reading_agreement(readings[label], readings[ref]),
                 frechet=metrics.frechet_distance(yardstick.features(classifier, batch), real_features),
                 psnr_db=None if is_reference else _mean([metrics.psnr(a, b) for a, b in zip(batch, images[ref])]),
-                ssim=None if is_reference else _mean([metrics.ssim(a, b) for a, b in zip(batch, images[ref])]),
+                ssim=None if is_reference else _mean(ssims),
                 seconds_per_image=seconds,
+                ssim_median=None if is_reference else float(np.median(ssims)),
+                ssim_per_image=None if is_reference else [round(v, 6) for v in ssims],
             )
         )
 
