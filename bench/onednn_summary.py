@@ -38,10 +38,11 @@ def executions(text: str, mark: str = "MARK"):
 def multiply_accumulates(kind: str, problem: str) -> int:
     """The multiply-accumulates of one oneDNN ``convolution`` (``mb2_ic320oc320_ih64oh64kh3...``) or
     ``matmul`` (``[batch x]MxK:KxN``) problem."""
-    if kind == "convolution":
+    if kind == "convolution":  # ic and oc count all groups' channels: each output reads ic / g of them
         size = {name: int(value) for name, value in re.findall(r"([a-z]+)(\d+)", problem)}
-        return math.prod(size.get(name, 1) for name in ("mb", "g", "oc", "ic", "od", "oh", "ow", "kd", "kh", "kw"))
-    source, weights = problem.split(":")
+        outputs = math.prod(size.get(name, 1) for name in ("mb", "oc", "od", "oh", "ow", "kd", "kh", "kw"))
+        return outputs * size["ic"] // size.get("g", 1)
+    source, weights = problem.split(":")[:2]  # some oneDNN versions add the destination's shape
     return math.prod(int(n) for n in source.split("x")) * int(weights.split("x")[-1])
 
 

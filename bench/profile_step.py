@@ -19,10 +19,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
-from app.pipeline.loader import load_diffusers_pipeline
-from app.pipeline.variants import build_variants
 from common import malloc
 
 
@@ -33,7 +29,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the fp32/bf16 UNet, as serve --compile")
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
-    malloc.exec_with_tunables()
+    malloc.exec_with_tunables()  # before the heavy imports, which the process would make twice
+
+    import torch
+
+    from app.pipeline.loader import load_diffusers_pipeline
+    from app.pipeline.variants import build_variants
 
     pipe, _, path = load_diffusers_pipeline(str(args.model))
     variants, unavailable = build_variants(pipe, [args.precision], compile=args.compile, model_dir=path)

@@ -15,11 +15,6 @@ import copy
 import statistics
 import time
 
-import torch
-from diffusers import AutoencoderTiny
-
-from bench.time_to_image import _Decode
-from bench.unet_step import interleaved, rel_error
 from common import malloc
 
 
@@ -27,11 +22,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    malloc.exec_with_tunables()
+    malloc.exec_with_tunables()  # before the heavy imports, which the process would make twice
 
+    import torch
     import torch._inductor.config as inductor
+    from diffusers import AutoencoderTiny
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    from bench.time_to_image import _Decode
+    from bench.unet_step import interleaved, rel_error
 
     torch.manual_seed(0)
     vae = AutoencoderTiny().eval()

@@ -22,11 +22,16 @@ def losses(report: dict, schedule: str) -> np.ndarray:
     """1 − SSIM of each image of ``schedule`` against the report's reference, in prompt order."""
     rows = {row["schedule"]: row for row in report["rows"]}
     if schedule not in rows:
-        raise SystemExit(f"no schedule {schedule!r} in the report; it has: {', '.join(rows)}")
+        raise ValueError(f"no schedule {schedule!r} in the report; it has: {', '.join(rows)}")
     per_image = rows[schedule].get("ssim_per_image")
     if per_image is None:
-        raise SystemExit(f"{schedule!r} has no per-image SSIM (the reference row, or a report made before them)")
+        raise ValueError(f"{schedule!r} has no per-image SSIM (the reference row, or a report made before them)")
     return 1.0 - np.asarray(per_image)
+
+
+def _mean(values: np.ndarray) -> float:
+    """The mean, NaN where there is nothing to average."""
+    return float(values.mean()) if values.size else float("nan")
 
 
 def summary(loss: np.ndarray, flip: float) -> dict:
@@ -35,18 +40,19 @@ def summary(loss: np.ndarray, flip: float) -> dict:
         "mean": float(loss.mean()),
         "median": float(np.median(loss)),
         "flipped": int(flipped.sum()),
-        "mean_unflipped": float(loss[~flipped].mean()) if (~flipped).any() else float("nan"),
+        "mean_unflipped": _mean(loss[~flipped]),
     }
 
 
 def compare(a: np.ndarray, b: np.ndarray, flip: float) -> dict:
     """Both schedules' summaries and the share of images where each is closer to the reference."""
+    neither = (a <= flip) & (b <= flip)
     return {
         "a": summary(a, flip),
         "b": summary(b, flip),
         "a_closer": float((a < b).mean()),
         "b_closer": float((b < a).mean()),
-        "both_unflipped_mean": [float(a[(a <= flip) & (b <= flip)].mean()), float(b[(a <= flip) & (b <= flip)].mean())],
+        "both_unflipped_mean": [_mean(a[neither]), _mean(b[neither])],
     }
 
 
@@ -58,7 +64,10 @@ def main() -> None:
     parser.add_argument("--flip", type=float, default=0.03, help="1 − SSIM past which an image counts as flipped")
     args = parser.parse_args()
     report = json.loads(args.report.read_text())
-    result = compare(losses(report, args.a), losses(report, args.b), args.flip)
+    try:
+        result = compare(losses(report, args.a), losses(report, args.b), args.flip)
+    except ValueError as exc:
+        raise SystemExit(f"shapes.compare: {exc}") from None
     print(f"{report['n']} images, 1 − SSIM against the reference; flipped: past {args.flip}")
     print("| schedule | mean | median | flipped | mean of the rest | closer on | mean where neither flipped |")
     print("|---|---|---|---|---|---|---|")

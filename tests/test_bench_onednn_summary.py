@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from bench.onednn_summary import multiply_accumulates
 
@@ -22,10 +23,10 @@ MATMUL = (
 def test_multiply_accumulates_of_convolutions_and_matmuls():
     conv = "mb2_ic320oc320_ih64oh64kh3sh1dh0ph1_iw64ow64kw3sw1dw0pw1"
     assert multiply_accumulates("convolution", conv) == 2 * 320 * 320 * 64 * 64 * 3 * 3
-    assert multiply_accumulates("convolution", "g2" + conv.replace("kh3", "kh1").replace("kw3", "kw1")) == (
-        2 * 2 * 320 * 320 * 64 * 64
-    )
+    grouped = "g32" + conv.replace("kh3", "kh1").replace("kw3", "kw1")  # each output reads 320 / 32 channels
+    assert multiply_accumulates("convolution", grouped) == 2 * 320 * 10 * 64 * 64
     assert multiply_accumulates("matmul", "8192x320:320x2560") == 8192 * 320 * 2560
+    assert multiply_accumulates("matmul", "8192x320:320x2560:8192x2560") == 8192 * 320 * 2560
     assert multiply_accumulates("matmul", "16x77x40:16x40x4096") == 16 * 77 * 40 * 4096
 
 
@@ -33,9 +34,9 @@ def test_shapes_lists_each_problem_with_its_rate(tmp_path):
     log = tmp_path / "verbose.log"
     before = CONV.format(ms=1000.0)  # before the mark: warm-up, not counted
     log.write_text("\n".join([before, "MARK", CONV.format(ms=20.0), CONV.format(ms=10.0), MATMUL.format(ms=40.0)]))
-    out = subprocess.run(
-        [sys.executable, "bench/onednn_summary.py", str(log), "--shapes"], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
+    run = [sys.executable, "-m", "bench.onednn_summary", str(log), "--shapes"]
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(run, cwd=repo, capture_output=True, text=True, check=True).stdout.splitlines()
     conv_rate = round(2 * 2 * 320 * 320 * 64 * 64 * 9 / 0.030 / 1e9)
     matmul_rate = round(8192 * 320 * 2560 / 0.040 / 1e9)
     assert out[0].split()[:7] == ["40.0", "ms", "57.1%", "1", "calls", str(matmul_rate), "GMAC/s"]  # costliest

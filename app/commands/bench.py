@@ -11,8 +11,8 @@ an SD 1.5-architecture pipeline with random weights and its INT8 and BF16 artifa
 BF16 (eager, ``--compile``, its BF16 artifact; ``--bf16`` picks), each with the INT8
 artifact, and records start-up, worker memory and 50-step 512x512 generations of BF16, the
 k=5 mixed schedule and INT8. ``--time-to-image`` times, at batch 1 (no CFG), each part of
-an image of SD 1.5- and SD 2.1-architecture models with random weights (text encoder, BF16
-and INT8 UNet steps, full and tiny decoder, each interleaved with the others) and composes
+an image of SD 1.5- and SD 2.1-architecture models with random weights (text encoder in BF16
+as served and in FP32, BF16 and INT8 UNet steps, full and tiny decoder, each interleaved with the others) and composes
 the time to a 1- and 4-step 512x512 image per schedule and decoder; builds take minutes per
 UNet. Results go to PREFIX.md and PREFIX.json.
 """

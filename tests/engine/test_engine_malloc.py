@@ -65,7 +65,8 @@ def test_a_script_runs_itself_again_in_place_with_the_tunables(tmp_path):
             """
         )
     )
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | {"PYTHONPATH": os.getcwd()}
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | {"PYTHONPATH": repo}
     run = [sys.executable, str(script), "--flag", "x"]
     out = subprocess.run(run, env=env, capture_output=True, text=True, check=True)
     first, second = out.stdout.splitlines()  # the second run has them, and does not run itself again

@@ -19,6 +19,8 @@ def test_flips_are_counted_apart_from_the_typical_image():
     assert result["a"]["median"] == 0.01 and result["a"]["mean_unflipped"] == pytest.approx(0.01)
     assert (result["a_closer"], result["b_closer"]) == (0.75, 0.25)
     assert result["both_unflipped_mean"] == pytest.approx([0.01, 0.02])
+    every_one_flipped = compare(np.array([0.5, 0.5]), np.array([0.4, 0.6]), flip=0.03)
+    assert np.isnan(every_one_flipped["a"]["mean_unflipped"]) and np.isnan(every_one_flipped["both_unflipped_mean"][0])
 
 
 def test_it_reads_an_eval_report_and_names_a_missing_row(tmp_path):

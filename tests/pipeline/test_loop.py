@@ -214,6 +214,7 @@ def test_bf16_vae_decodes_the_same_latents_to_nearly_the_same_image(tiny):
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
 def test_bf16_text_encoders_condition_the_fp32_unet_nearly_as_fp32_ones_do(family):
     params = GenerationParams(prompt="a red circle", negative_prompt="a blue square", steps=2, seed=5)
+    other_params = GenerationParams(prompt="a green star", negative_prompt="a blue square", steps=2, seed=5)
     fp32 = MixedPrecisionPipeline.from_pipe(build_tiny_pipeline(family), family, ["fp32"])
     bf16 = MixedPrecisionPipeline.from_pipe(
         build_tiny_pipeline(family), family, ["fp32"], text_encoder_precision="bf16"
@@ -221,14 +222,19 @@ def test_bf16_text_encoders_condition_the_fp32_unet_nearly_as_fp32_ones_do(famil
     encoders = [bf16.pipe.text_encoder] + ([bf16.pipe.text_encoder_2] if family == "sdxl" else [])
     assert all(encoder.dtype == torch.bfloat16 for encoder in encoders)
     assert bf16.info.text_encoder_precision == "bf16" and fp32.info.text_encoder_precision == "fp32"
-    text = bf16._encode(params, cfg=True, width=64, height=64)
-    assert text["hidden"].dtype == torch.float32  # what every UNet variant is handed
-    if family == "sdxl":
-        assert text["added"]["text_embeds"].dtype == torch.float32
-    reference = pixels(fp32.generate(params, ["fp32"] * 2).images[0])
+    text, reference = (model._encode(params, cfg=True, width=64, height=64) for model in (bf16, fp32))
+    tensors = [text["hidden"]] + ([*text["added"].values()] if family == "sdxl" else [])
+    assert all(t.dtype == torch.float32 for t in tensors)  # what every UNet variant is handed
+    other = fp32._encode(other_params, cfg=True, width=64, height=64)
+
+    def distance(a, b):
+        return float((a["hidden"] - b["hidden"]).norm() / b["hidden"].norm())
+
+    assert distance(text, reference) < 0.02 and distance(other, reference) > 10 * distance(text, reference)
     image = pixels(bf16.generate(params, ["fp32"] * 2).images[0])
-    other = pixels(fp32.generate(GenerationParams(prompt="a red circle", steps=2, seed=6), ["fp32"] * 2).images[0])
-    assert np.abs(image - reference).mean() < 0.2 * np.abs(other - reference).mean()
+    fp32_image = pixels(fp32.generate(params, ["fp32"] * 2).images[0])
+    other_image = pixels(fp32.generate(other_params, ["fp32"] * 2).images[0])
+    assert np.abs(image - fp32_image).mean() < 0.2 * np.abs(other_image - fp32_image).mean()
     with pytest.raises(ValueError, match="unknown text encoder precision 'fp16'"):
         MixedPrecisionPipeline.from_pipe(build_tiny_pipeline(family), family, ["fp32"], text_encoder_precision="fp16")
 
