@@ -14,16 +14,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import time
 
 import numpy as np
 import torch
-from PIL import Image
-
-
-def _pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64) / 255
 
 
 def main() -> None:
@@ -36,41 +30,47 @@ def main() -> None:
     args = parser.parse_args()
 
     from app.pipeline.loop import MixedPrecisionPipeline, set_text_encoder_precision
-    from app.pipeline.types import GenerationParams
     from shapes import dataset
+    from shapes.evaluate import generate_set
     from shapes.metrics import ssim
 
     model = MixedPrecisionPipeline.load(args.model, ["fp32", "bf16"], vae_precision="bf16")
     fp32_encoder = model.pipe.text_encoder
     bf16_encoder = set_text_encoder_precision(copy.deepcopy(fp32_encoder), "bf16")
     tokenizer = model.pipe.tokenizer
-    losses: dict[str, list[float]] = {"bf16 text encoder": [], "bf16 UNet": []}
-    hidden_errors = []
-    start = time.perf_counter()
-    prompts = [p.text for p in dataset.prompts(args.prompts, args.prompt_seed)]
+    prompts = dataset.prompts(args.prompts, args.prompt_seed)
     with torch.inference_mode():
-        for i, prompt in enumerate(prompts):
-            ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
-            reference_hidden = fp32_encoder(ids.input_ids)[0]
-            error = (bf16_encoder(ids.input_ids)[0].float() - reference_hidden).norm() / reference_hidden.norm()
+        hidden_errors = []
+        for prompt in prompts:
+            ids = tokenizer(prompt.text, padding="max_length", max_length=tokenizer.model_max_length).input_ids
+            ids = torch.tensor([ids])
+            reference = fp32_encoder(ids)[0]
+            error = (bf16_encoder(ids)[0].float() - reference).norm() / reference.norm()
             hidden_errors.append(float(error))
-            params = GenerationParams(prompt=prompt, seed=i, steps=args.steps, guidance_scale=args.guidance_scale)
-            model.pipe.text_encoder = fp32_encoder
-            reference = _pixels(model.generate(params, ["fp32"] * args.steps).images[0])
-            bf16_unet = _pixels(model.generate(params, ["bf16"] * args.steps).images[0])
-            model.pipe.text_encoder = bf16_encoder
-            bf16_text = _pixels(model.generate(params, ["fp32"] * args.steps).images[0])
-            losses["bf16 text encoder"].append(1 - ssim(bf16_text, reference))
-            losses["bf16 UNet"].append(1 - ssim(bf16_unet, reference))
-            elapsed = time.perf_counter() - start
-            eta = elapsed / (i + 1) * (len(prompts) - i - 1)
-            print(f"\r{i + 1}/{len(prompts)} prompts, {elapsed:.0f} s, ETA {eta:.0f} s", end="", flush=True)
+
+    start = time.perf_counter()
+
+    def progress(label: str, i: int) -> None:
+        print(f"\r{label}: {i + 1}/{len(prompts)} images, {time.perf_counter() - start:.0f} s", end="", flush=True)
+
+    def images(label: str, encoder: torch.nn.Module, precision: str) -> np.ndarray:
+        model.pipe.text_encoder = encoder
+        schedule = [precision] * args.steps
+        params = {"steps": args.steps, "guidance_scale": args.guidance_scale}
+        return generate_set(model, schedule, prompts, seed=0, on_image=progress, label=label, **params)[0]
+
+    reference = images("fp32", fp32_encoder, "fp32")
+    losses = {
+        "bf16 text encoder": images("bf16 text encoder", bf16_encoder, "fp32"),
+        "bf16 UNet": images("bf16 UNet", fp32_encoder, "bf16"),
+    }
     print()
     errors = f"rel. L2 mean {np.mean(hidden_errors):.2e}, max {max(hidden_errors):.2e}"
     print(f"hidden states, BF16 encoder vs FP32: {errors}")
     setting = f"{len(prompts)} prompts, {args.steps} steps, guidance {args.guidance_scale}"
     print(f"1 - SSIM against FP32 throughout, {setting}:")
-    for name, values in losses.items():
+    for name, batch in losses.items():
+        values = [1 - ssim(image, ref) for image, ref in zip(batch, reference)]
         print(f"  {name}: mean {np.mean(values):.2e}, median {np.median(values):.2e}, max {max(values):.2e}")
 
 

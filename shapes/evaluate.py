@@ -205,7 +205,7 @@ def evaluate(
                 ssim=None if is_reference else _mean(ssims),
                 seconds_per_image=seconds,
                 ssim_median=None if is_reference else float(np.median(ssims)),
-                ssim_per_image=None if is_reference else [float(v) for v in ssims],
+                ssim_per_image=ssims,
             )
         )
 
