@@ -39,6 +39,10 @@ class Images:
         images, captions = self.load(n)
         return encode_images(pipe, images), list(captions)
 
+    def captions(self, n: int) -> list[str]:
+        """The captions of the first ``n`` examples."""
+        return list(self.load(n)[1])
+
 
 class ImageFolder(Images):
     """A folder of images, each with its caption in a ``.txt`` file of the same name; checked
@@ -76,6 +80,9 @@ class ImageFolder(Images):
         self.size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         return super().latents(pipe, n)
 
+    def captions(self, n: int) -> list[str]:
+        return [self.pairs[i % len(self.pairs)][1] for i in range(n)]
+
 
 class GeneratedLatents:
     """Data-free: the latents the FP32 pipeline itself generates from ``prompts`` (cycled),
@@ -87,9 +94,13 @@ class GeneratedLatents:
         self.prompts, self.steps, self.guidance_scale, self.seed = list(prompts), steps, guidance_scale, seed
         self.description = f"latents the FP32 model generated from {len(self.prompts)} prompts, {steps} steps"
 
+    def captions(self, n: int) -> list[str]:
+        """The prompts of the first ``n`` latents."""
+        return [self.prompts[i % len(self.prompts)] for i in range(n)]
+
     @torch.no_grad()
     def latents(self, pipe, n: int, batch: int = 16) -> tuple[torch.Tensor, list[str]]:
-        captions = [self.prompts[i % len(self.prompts)] for i in range(n)]
+        captions = self.captions(n)
         out = []
         for start in range(0, n, batch):
             chunk = captions[start : start + batch]

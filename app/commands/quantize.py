@@ -27,6 +27,7 @@ from quantization.methods import METHODS
 
 _SAMPLERS = ("trajectory", "uniform", "normal")  # quantization.calibration.SAMPLERS, without importing torch
 _TIMESTEP_LAWS = ("uniform", "normal")  # quantization.methods.qat.TIMESTEP_LAWS
+EXAMPLES, ROLLOUT_TRAJECTORIES = 2048, 256  # qat's default --data-size, one call or --rollout at a time
 
 
 def _shared_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +114,8 @@ def _bf16_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _qat_arguments(parser: argparse.ArgumentParser) -> None:
     _layer_arguments(parser)
-    data = add_data_arguments(parser, size=2048)
+    size_help = f"default {EXAMPLES}, or {ROLLOUT_TRAJECTORIES} teacher trajectories with --rollout"
+    data = add_data_arguments(parser, size=None, size_help=size_help)
     data.add_argument(
         "--timesteps",
         choices=_TIMESTEP_LAWS,
@@ -159,6 +161,22 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
         "output alone",
     )
     training.add_argument(
+        "--rollout",
+        type=at_least(0),
+        default=0,
+        metavar="M",
+        help="distill M sampler steps at a time instead of one UNet call: the FP32 teacher runs the model's DDIM "
+        "sampler (guided at --kd-guidance) for each training caption, and each example runs the student M steps "
+        "from a point of one of those trajectories (drawn uniformly), the loss on where it lands against where the "
+        "teacher went; --timesteps and --caption-dropout do not apply; 0 distills one call at a time",
+    )
+    training.add_argument(
+        "--rollout-sampler-steps",
+        type=at_least(1),
+        default=50,
+        help="with --rollout: the steps of the teacher's sampler runs",
+    )
+    training.add_argument(
         "--feature-kd-weight",
         type=float,
         default=0.0,
@@ -180,6 +198,13 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
         dest="learn_ranges",
         action="store_false",
         help="keep the activation ranges where they start instead of training them with the weights (LSQ)",
+    )
+    training.add_argument(
+        "--frozen-weights",
+        dest="train_weights",
+        action="store_false",
+        help="keep the convolution and linear weights, which INT8 rounds to a grid, as PTQ rounds them; train "
+        "biases, normalization scales and activation ranges only",
     )
     training.add_argument(
         "--work",
@@ -236,10 +261,12 @@ def _method(args, prompts: list[str]):
         raise ValueError("qat trains one set of activation ranges: use --timestep-groups 1")
     return config(
         data=training_data(args, prompts, shapes_seed=QAT_SEED),
-        data_size=args.data_size,
+        data_size=args.data_size or (ROLLOUT_TRAJECTORIES if args.rollout else EXAMPLES),
         timesteps=args.timesteps,
         caption_dropout=args.caption_dropout,
         guidance=args.kd_guidance,
+        rollout=args.rollout,
+        rollout_sampler_steps=args.rollout_sampler_steps,
         train_steps=args.train_steps,
         batch=args.batch,
         lr=args.lr,
@@ -250,6 +277,7 @@ def _method(args, prompts: list[str]):
         ema=args.ema,
         init_from_calibration=args.init_from_calibration,
         learn_ranges=args.learn_ranges,
+        train_weights=args.train_weights,
         work=args.work or Path("runs") / "qat" / args.out,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,

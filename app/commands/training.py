@@ -19,8 +19,11 @@ def read_lines(path: Path, what: str) -> list[str]:
     return lines
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, size: int) -> argparse._ArgumentGroup:
-    """``--data``, ``--data-prompts`` and ``--data-size`` (default ``size``), in a group the caller may extend."""
+def add_data_arguments(
+    parser: argparse.ArgumentParser, size: int | None, size_help: str = ""
+) -> argparse._ArgumentGroup:
+    """``--data``, ``--data-prompts`` and ``--data-size`` (default ``size``, or as ``size_help``
+    says), in a group the caller may extend."""
     data = parser.add_argument_group("training data")
     data.add_argument(
         "--data",
@@ -36,7 +39,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, size: int) -> argparse._
         help="with --data generated: prompts, one per line (default: the calibration prompts)",
     )
     data.add_argument(
-        "--data-size", type=at_least(2), default=size, help="training examples (images, or generated latents)"
+        "--data-size",
+        type=at_least(2),
+        default=size,
+        help="training examples (images, or generated latents)" + (f"; {size_help}" if size_help else ""),
     )
     return data
 

@@ -13,6 +13,14 @@ updates the student on
 (``target`` is the noise or the velocity, as the model predicts). Then the student is
 converted (``convert_pt2e``) and goes through the same packaging as every method.
 
+With ``rollout`` M > 0 the distillation sees the sampler instead of one call: the FP32
+teacher first runs the model's DDIM sampler from noise for each training caption (its own
+trajectories, guided at ``guidance``); each example starts the student at a point of one
+of them, runs it M sampler steps on its own outputs, and compares where it lands with
+where the teacher's trajectory went, ``kd_weight · ‖x_S − x_T‖²`` on the latent, with the
+gradient through all M steps. An error the student makes the same way at every step adds
+up in that loss, where one call at a time weighs it once.
+
 The training latents come from one of ``common.training``'s sources (data set, image
 folder, or data-free latents the FP32 model generates). Training is deterministic
 for a seed, writes a checkpoint every ``checkpoint_every`` steps and a line per step to
@@ -171,12 +179,60 @@ def guided(pair: torch.Tensor, scale: float) -> torch.Tensor:
     return pair[:1] + scale * (pair[1:] - pair[:1])
 
 
-def trainable(student: torch.fx.GraphModule) -> list[torch.nn.Parameter]:
-    """The student's parameters that training updates (weights, biases, learned ranges), set to need gradients."""
-    params = [p for p in student.parameters() if p.is_floating_point()]
+def trainable(student: torch.fx.GraphModule, weights: bool = True) -> list[torch.nn.Parameter]:
+    """The student's parameters that training updates, set to need gradients: all of them, or
+    without ``weights``, all but the convolution and linear weights, which INT8 rounds to a
+    grid (biases, normalization scales and learned activation ranges stay)."""
+    params = [p for p in student.parameters() if p.is_floating_point() and (weights or p.dim() < 2)]
+    for p in student.parameters():
+        p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
     return params
+
+
+def sampler(pipe, steps: int):
+    """The model's DDIM sampler (the evaluation's) set to ``steps`` steps: deterministic, so a
+    rollout from a point of a trajectory is a function of the UNet's outputs alone."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@torch.no_grad()
+def teacher_trajectories(pipe, states: torch.Tensor, empty: torch.Tensor, scheduler, guidance: float, seed: int,
+                         batch: int = 16) -> torch.Tensor:  # fmt: skip
+    """The FP32 UNet's own sampler runs, one from noise of seed ``seed + j`` for each text state
+    ``states[j]``, guided at ``guidance`` against ``empty``: latents (n, steps + 1, c, h, w), the
+    one each step starts from and the last one."""
+    unet, steps = pipe.unet, len(scheduler.timesteps)
+    size = unet.config.sample_size
+    out = torch.empty((len(states), steps + 1, unet.config.in_channels, size, size))
+    for start in range(0, len(states), batch):
+        text = states[start : start + batch]
+        n = len(text)
+        seeds = [torch.Generator().manual_seed(seed + start + j) for j in range(n)]
+        x = torch.cat([torch.randn((1, *out.shape[2:]), generator=g) for g in seeds]) * scheduler.init_noise_sigma
+        pair_text = torch.cat([empty.expand(n, -1, -1), text])
+        for i, t in enumerate(scheduler.timesteps):
+            out[start : start + n, i] = x
+            uncond, cond = unet(torch.cat([x, x]), t, pair_text).sample.chunk(2)
+            x = scheduler.step(uncond + guidance * (cond - uncond), t, x).prev_sample
+        out[start : start + n, steps] = x
+        log.info("qat: teacher trajectories %d/%d", start + n, len(states))
+    return out
+
+
+def roll_out(student, scheduler, x: torch.Tensor, first: int, steps: int, text: torch.Tensor,
+             guidance: float) -> torch.Tensor:  # fmt: skip
+    """Latent ``x`` (1, c, h, w) taken ``steps`` sampler steps by ``student`` from step ``first``,
+    each a guided CFG pair (``text``: empty caption first), differentiable throughout."""
+    for t in scheduler.timesteps[first : first + steps]:
+        pair = student(x.repeat(BATCH, 1, 1, 1), t.float().repeat(BATCH), text)
+        x = scheduler.step(guided(pair, guidance), t, x).prev_sample
+    return x
 
 
 def _draw_timesteps(law: str, n: int, rng: np.random.Generator, T: int) -> torch.Tensor:
@@ -203,6 +259,8 @@ class QATConfig:
     timesteps: str = "uniform"
     caption_dropout: float = 0.1
     guidance: float = 0.0
+    rollout: int = 0
+    rollout_sampler_steps: int = 50
     train_steps: int = 400
     batch: int = 8
     lr: float = 1e-5
@@ -213,6 +271,7 @@ class QATConfig:
     ema: float = 0.0
     init_from_calibration: bool = True
     learn_ranges: bool = True
+    train_weights: bool = True
     work: Path = Path("runs/qat/int8")
     checkpoint_every: int = 100
     resume: bool = False
@@ -232,6 +291,22 @@ class QATConfig:
             raise ValueError(f"--caption-dropout must be within [0, 1], got {self.caption_dropout}")
         if self.guidance < 0:
             raise ValueError(f"--kd-guidance must not be negative, got {self.guidance}")
+        if self.rollout < 0:
+            raise ValueError(f"--rollout must not be negative, got {self.rollout}")
+        if self.rollout:
+            if not self.guidance:
+                raise ValueError("--rollout runs the sampler as it generates: give its guidance with --kd-guidance")
+            if not 1 <= self.rollout <= self.rollout_sampler_steps:
+                raise ValueError(
+                    f"--rollout must be within [1, --rollout-sampler-steps = {self.rollout_sampler_steps}], "
+                    f"got {self.rollout}"
+                )
+            if self.denoise_weight or self.feature_kd_weight:
+                raise ValueError(
+                    "--rollout distills the trajectory alone: drop --denoise-weight and --feature-kd-weight"
+                )
+            if self.timesteps != "uniform":
+                raise ValueError("--rollout starts from points of the sampler's own trajectories: drop --timesteps")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema must be within [0, 1), got {self.ema}")
         if min(self.kd_weight, self.denoise_weight, self.feature_kd_weight) < 0:
@@ -248,17 +323,29 @@ class QATConfig:
             "flow": "pt2e qat (torch.export -> prepare_qat_pt2e -> train against the fp32 teacher -> convert_pt2e)",
             "activations": "uint8 per-tensor affine, static: "
             + ("PTQ's ranges on the calibration inputs" if self.init_from_calibration else "moving-average ranges")
-            + (", then trained with the weights (LSQ)" if self.learn_ranges else ""),
+            + (", then trained (LSQ)" if self.learn_ranges else ""),
+            **({} if self.train_weights else {"weights": f"{PTQ_RECIPE['weights']}, kept as PTQ rounds them"}),
             "training": {
                 **options,
                 "data": self.data.description,
-                "loss": "denoise_weight * mse(student, target) + kd_weight * mse(student, fp32 teacher)"
-                + (f" on the CFG-guided output at scale {self.guidance}" if self.guidance else "")
-                + (" + feature_kd_weight * block-output mse" if self.feature_kd_weight else ""),
+                "loss": self._loss_description(),
                 "optimizer": "AdamW (0.9, 0.999), no weight decay, gradients clipped to norm 1, warm-up then cosine",
                 **self.summary,
             },
         }
+
+    def _loss_description(self) -> str:
+        if self.rollout:
+            return (
+                f"kd_weight * mse of the latent after {self.rollout} DDIM steps of the student (of "
+                f"{self.rollout_sampler_steps}, guided at scale {self.guidance}) against the fp32 teacher's own "
+                "trajectory"
+            )
+        return (
+            "denoise_weight * mse(student, target) + kd_weight * mse(student, fp32 teacher)"
+            + (f" on the CFG-guided output at scale {self.guidance}" if self.guidance else "")
+            + (" + feature_kd_weight * block-output mse" if self.feature_kd_weight else "")
+        )
 
     def quantize(self, graph: torch.fx.GraphModule, fallback: Sequence[str], calibration, context) -> torch.fx.GraphModule:
         """The student trained with everything but ``fallback`` fake-quantized, converted to INT8.
@@ -309,6 +396,38 @@ class QATConfig:
             loss = loss + self.feature_kd_weight * terms["feature_kd"]
         return {"loss": loss, **terms}
 
+    def _noised_batch(self, latents, states, empty, noise_scheduler, rng, generator) -> tuple[tuple, torch.Tensor]:
+        """One micro-batch of UNet arguments (training latents noised at drawn timesteps) and its
+        denoising target. With ``guidance``, one example as the sampler runs it: its empty caption,
+        then its own."""
+        T = noise_scheduler.config.num_train_timesteps
+        if self.guidance:
+            idx = torch.from_numpy(rng.integers(0, len(latents), size=1)).repeat(BATCH)
+            text = torch.cat([empty, states[idx[:1]]])
+            noise = torch.randn((1, *latents.shape[1:]), generator=generator).expand(BATCH, -1, -1, -1)
+            t = _draw_timesteps(self.timesteps, 1, rng, T).repeat(BATCH)
+        else:
+            idx = torch.from_numpy(rng.integers(0, len(latents), size=BATCH))
+            dropped = torch.from_numpy(rng.random(BATCH) < self.caption_dropout)
+            text = torch.where(dropped[:, None, None], empty.expand(BATCH, -1, -1), states[idx])
+            noise = torch.randn((BATCH, *latents.shape[1:]), generator=generator)
+            t = _draw_timesteps(self.timesteps, BATCH, rng, T)
+        z0 = latents[idx]
+        zt = noise_scheduler.add_noise(z0, noise, t)
+        if noise_scheduler.config.prediction_type == "epsilon":
+            return (zt, t.float(), text), noise
+        return (zt, t.float(), text), noise_scheduler.get_velocity(z0, noise, t)
+
+    def _rollout_terms(self, student, steps, trajectories, states, empty, rng) -> dict[str, torch.Tensor]:
+        """The loss of ``rollout`` sampler steps of the student from a drawn point of a drawn
+        teacher trajectory, against where that trajectory went."""
+        j = int(rng.integers(0, len(trajectories)))
+        first = int(rng.integers(0, len(steps.timesteps) - self.rollout + 1))
+        text = torch.cat([empty, states[j : j + 1]])
+        landed = roll_out(student, steps, trajectories[j, first : first + 1], first, self.rollout, text, self.guidance)
+        kd = F.mse_loss(landed, trajectories[j, first + self.rollout : first + self.rollout + 1])
+        return {"loss": self.kd_weight * kd, "kd": kd}
+
     def train(self, graph: torch.fx.GraphModule, fallback: Sequence[str], calibration, pipe) -> torch.fx.GraphModule:
         """The fake-quantized student of ``graph`` (FP32 teacher), trained; ``calibration`` (UNet
         inputs) starts its activation ranges unless ``init_from_calibration`` is off."""
@@ -318,19 +437,25 @@ class QATConfig:
             raise ValueError("qat supports SD 1.x and 2.x UNets; this one takes added conditions (SDXL)")
         rng = np.random.default_rng(self.seed)
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        T = noise_scheduler.config.num_train_timesteps
-        prediction = noise_scheduler.config.prediction_type
 
-        # 1. training latents and their captions' text states, computed once
+        # 1. training latents (or, for rollouts, the teacher's trajectories) and their captions'
+        # text states, computed once
         start = time.perf_counter()
-        latents, captions = self.data.latents(pipe, self.data_size)
-        states, empty = embed(pipe, captions), embed(pipe, [""])
+        empty = embed(pipe, [""])
+        if self.rollout:
+            ddim = sampler(pipe, self.rollout_sampler_steps)
+            states = embed(pipe, self.data.captions(self.data_size))
+            latents = teacher_trajectories(pipe, states, empty, ddim, self.guidance, self.seed)
+        else:
+            latents, captions = self.data.latents(pipe, self.data_size)
+            states = embed(pipe, captions)
         data_seconds = time.perf_counter() - start
-        log.info("qat: %d training latents (%s) in %.0f s", len(latents), self.data.description, data_seconds)
+        log.info("qat: %d training %s (%s) in %.0f s", len(latents), "trajectories" if self.rollout else "latents",
+                 self.data.description, data_seconds)  # fmt: skip
 
         # 2. the student
         student = self.make_student(graph, fallback, calibration)
-        params = trainable(student)
+        params = trainable(student, self.train_weights)
         optimizer = torch.optim.AdamW(params, lr=self.lr, betas=(0.9, 0.999), weight_decay=0.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, self.warmup, self.train_steps))
         ema = [p.detach().clone() for p in params] if self.ema else None
@@ -352,26 +477,16 @@ class QATConfig:
         micro = self.batch // BATCH
         for step in range(run.first, self.train_steps):
             optimizer.zero_grad(set_to_none=True)
-            totals = {"loss": 0.0, "denoise": 0.0, "kd": 0.0, "feature_kd": 0.0}
+            totals: dict[str, float] = {}
             for _ in range(micro):
-                if self.guidance:  # one example as the sampler runs it: its empty caption, then its own
-                    idx = torch.from_numpy(rng.integers(0, len(latents), size=1)).repeat(BATCH)
-                    text = torch.cat([empty, states[idx[:1]]])
-                    noise = torch.randn((1, *latents.shape[1:]), generator=generator).expand(BATCH, -1, -1, -1)
-                    t = _draw_timesteps(self.timesteps, 1, rng, T).repeat(BATCH)
+                if self.rollout:
+                    terms = self._rollout_terms(student, ddim, latents, states, empty, rng)
                 else:
-                    idx = torch.from_numpy(rng.integers(0, len(latents), size=BATCH))
-                    dropped = torch.from_numpy(rng.random(BATCH) < self.caption_dropout)
-                    text = torch.where(dropped[:, None, None], empty.expand(BATCH, -1, -1), states[idx])
-                    noise = torch.randn((BATCH, *latents.shape[1:]), generator=generator)
-                    t = _draw_timesteps(self.timesteps, BATCH, rng, T)
-                z0 = latents[idx]
-                zt = noise_scheduler.add_noise(z0, noise, t)
-                target = noise if prediction == "epsilon" else noise_scheduler.get_velocity(z0, noise, t)
-                terms = self.losses(student, teacher, (zt, t.float(), text), target, (student_taps, teacher_taps))
+                    batch = self._noised_batch(latents, states, empty, noise_scheduler, rng, generator)
+                    terms = self.losses(student, teacher, *batch, (student_taps, teacher_taps))
                 (terms["loss"] / micro).backward()
                 for k, v in terms.items():
-                    totals[k] += v.item() / micro
+                    totals[k] = totals.get(k, 0.0) + v.item() / micro
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()

@@ -97,6 +97,60 @@ def test_guided_distillation_trains_on_cfg_pairs_and_compares_their_guided_outpu
     assert [r["step"] for r in log] == [1, 2] and all(r["kd"] > 0 for r in log)
 
 
+def test_frozen_weights_train_all_but_the_weights_int8_rounds(tiny_pipe, calibration_split, graph, tmp_path):
+    config = _config(tmp_path, train_steps=3, train_weights=False)
+    trained = dict(config.train(graph, [], calibration_split[0], tiny_pipe).named_parameters())
+    fresh = dict(config.make_student(graph, [], calibration_split[0]).named_parameters())
+    weights = [name for name, p in fresh.items() if p.dim() >= 2]
+    assert weights and all(torch.equal(trained[name], fresh[name]) for name in weights)
+    moved = [name for name, p in fresh.items() if p.dim() < 2 and not torch.equal(trained[name], p)]
+    assert any(name.endswith("bias") for name in moved) and any("activation_post_process" in name for name in moved)
+
+
+def test_a_rollout_of_the_teacher_retraces_the_teachers_own_trajectory(tiny_pipe, graph):
+    """The trajectories rollouts are measured against are the sampler's own: the FP32 graph,
+    rolled out from any point of one, lands where the trajectory went."""
+    ddim = qat.sampler(tiny_pipe, 6)
+    states, empty = embed(tiny_pipe, ["a red circle", "a blue square"]), embed(tiny_pipe, [""])
+    trajectories = qat.teacher_trajectories(tiny_pipe, states, empty, ddim, guidance=3.0, seed=0)
+    size = tiny_pipe.unet.config.sample_size
+    assert trajectories.shape == (2, 7, tiny_pipe.unet.config.in_channels, size, size)
+    assert not torch.equal(trajectories[0], trajectories[1])
+    with torch.no_grad():
+        landed = qat.roll_out(graph, ddim, trajectories[1, 2:3], 2, 3, torch.cat([empty, states[1:]]), 3.0)
+    assert rel_mse(landed, trajectories[1, 5:6]) < 1e-8
+    # and where a trajectory ends is the pipeline's own image of that caption and seed with DDIM
+    pipe = type(tiny_pipe)(**{**tiny_pipe.components, "scheduler": ddim})
+    image = pipe("a blue square", num_inference_steps=6, guidance_scale=3.0, output_type="latent",
+                 generator=torch.Generator().manual_seed(1)).images  # fmt: skip
+    assert rel_mse(image, trajectories[1, 6:]) < 1e-8
+
+
+def test_rollout_distillation_trains_through_several_sampler_steps(tiny_pipe, calibration_split, graph, tmp_path):
+    """The rollout loss falls as the student trains on one example: the gradient goes through
+    every step of the rollout to the fake quantizers and weights."""
+    config = _config(tmp_path, guidance=3.0, rollout=3, rollout_sampler_steps=6)
+    ddim = qat.sampler(tiny_pipe, 6)
+    states, empty = embed(tiny_pipe, ["a red circle"]), embed(tiny_pipe, [""])
+    trajectories = qat.teacher_trajectories(tiny_pipe, states, empty, ddim, guidance=3.0, seed=0)
+    student = config.make_student(graph, [], calibration_split[0])
+    optimizer = torch.optim.AdamW(qat.trainable(student), lr=1e-4)
+    losses = []
+    for _ in range(8):
+        terms = config._rollout_terms(student, ddim, trajectories, states, empty, np.random.default_rng(0))
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        losses.append(float(terms["kd"]))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+    _config(tmp_path, guidance=3.0, rollout=3, rollout_sampler_steps=6, train_steps=2).train(
+        graph, [], calibration_split[0], tiny_pipe
+    )
+    log = [json.loads(line) for line in (tmp_path / LOSS_LOG).read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(r["loss"] == r["kd"] > 0 for r in log)
+
+
 def test_a_qat_artifact_loads_in_a_fresh_process_and_computes_the_trained_student(
     tiny_pipe, calibration_split, tmp_path
 ):
@@ -202,6 +256,9 @@ def test_bad_training_data_is_refused_with_a_message(model, tmp_path, capsys):
         (["--caption-dropout", "1.5"], "--caption-dropout must be within [0, 1]"),
         (["--kd-weight", "0", "--denoise-weight", "0"], "at least one loss weight must be positive"),
         (["--timestep-groups", "2"], "qat trains one set of activation ranges"),
+        (["--rollout", "4"], "--rollout runs the sampler as it generates: give its guidance with --kd-guidance"),
+        (["--rollout", "60", "--kd-guidance", "5"], "--rollout must be within [1, --rollout-sampler-steps = 50]"),
+        (["--rollout", "4", "--kd-guidance", "5", "--timesteps", "normal"], "--rollout starts from points of the"),
     ],
 )
 def test_bad_training_options_are_refused_with_a_message(model, flags, message, capsys):
