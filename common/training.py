@@ -198,11 +198,18 @@ class TrainingState:
         )
         staged.replace(path)
 
-    def load(self, path: Path) -> tuple[int, float]:
-        """Restore the state saved at ``path``; the step it was saved after and the seconds trained until then."""
+    def load(self, path: Path, config: dict) -> tuple[int, float]:
+        """Restore the state saved at ``path`` by a run of the same ``config``; the step it was
+        saved after and the seconds trained until then."""
         if not path.is_file():
             raise ValueError(f"--resume: no checkpoint {path}; run without --resume to start anew")
         saved = torch.load(path, weights_only=False)
+        keys = {*config, *saved["config"]} - {"checkpoint_every"}
+        changed = sorted(k for k in keys if config.get(k) != saved["config"].get(k))
+        if changed:
+            differences = ", ".join(f"{k} {saved['config'].get(k)!r} -> {config.get(k)!r}" for k in changed)
+            raise ValueError(f"--resume: {path} was saved by a run with other options ({differences}); "
+                             "resume with the same options, or run without --resume to start anew")  # fmt: skip
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -229,7 +236,7 @@ class TrainingRun:
         self.checkpoint, self.loss_log = work / CHECKPOINT, work / LOSS_LOG
         self.first, self.seconds_before = 0, 0.0
         if resume:
-            self.first, self.seconds_before = state.load(self.checkpoint)
+            self.first, self.seconds_before = state.load(self.checkpoint, config)
             truncate_log(self.loss_log, self.first)  # steps logged after the checkpoint are run again
             log.info("%s: resumed at step %d from %s", name, self.first, self.checkpoint)
         elif self.loss_log.exists():

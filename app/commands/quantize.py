@@ -27,7 +27,8 @@ from quantization.methods import METHODS
 
 _SAMPLERS = ("trajectory", "uniform", "normal")  # quantization.calibration.SAMPLERS, without importing torch
 _TIMESTEP_LAWS = ("uniform", "normal")  # quantization.methods.qat.TIMESTEP_LAWS
-EXAMPLES, ROLLOUT_TRAJECTORIES = 2048, 256  # qat's default --data-size, one call or --rollout at a time
+# quantization.methods.qat's defaults: --data-size, one call or --rollout at a time; --caption-dropout
+EXAMPLES, ROLLOUT_TRAJECTORIES, CAPTION_DROPOUT = 2048, 256, 0.1
 
 
 def _shared_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,13 +127,18 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--caption-dropout",
         type=float,
-        default=0.1,
-        help="share of examples trained with the empty caption, the unconditional half of guidance",
+        default=None,
+        help=f"share of examples trained with the empty caption, the unconditional half of guidance (default "
+        f"{CAPTION_DROPOUT}; not with --kd-guidance or --rollout, whose examples are CFG pairs)",
     )
     training = parser.add_argument_group("training")
     training.add_argument("--train-steps", type=at_least(1), default=400, help="optimizer steps")
     training.add_argument(
-        "--batch", type=at_least(2), default=8, help="examples per optimizer step, a multiple of 2"
+        "--batch",
+        type=at_least(2),
+        default=8,
+        help="UNet inputs per optimizer step, a multiple of 2; with --kd-guidance or --rollout each example is a CFG "
+        "pair, so --batch 8 trains 4 examples (rollouts) a step",
     )
     training.add_argument("--lr", type=float, default=1e-5, help="peak learning rate of AdamW")
     training.add_argument(
@@ -168,7 +174,7 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
         help="distill M sampler steps at a time instead of one UNet call: the FP32 teacher runs the model's DDIM "
         "sampler (guided at --kd-guidance) for each training caption, and each example runs the student M steps "
         "from a point of one of those trajectories (drawn uniformly), the loss on where it lands against where the "
-        "teacher went; --timesteps and --caption-dropout do not apply; 0 distills one call at a time",
+        "teacher went; only the captions of --data are used; 0 distills one call at a time",
     )
     training.add_argument(
         "--rollout-sampler-steps",
@@ -203,8 +209,8 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
         "--frozen-weights",
         dest="train_weights",
         action="store_false",
-        help="keep the convolution and linear weights, which INT8 rounds to a grid, as PTQ rounds them; train "
-        "biases, normalization scales and activation ranges only",
+        help="keep every convolution and linear weight (those INT8 rounds to a grid, and those of --fallback blocks) "
+        "as it is; train biases, normalization scales and, unless --fixed-ranges, activation ranges only",
     )
     training.add_argument(
         "--work",
@@ -261,7 +267,7 @@ def _method(args, prompts: list[str]):
         raise ValueError("qat trains one set of activation ranges: use --timestep-groups 1")
     return config(
         data=training_data(args, prompts, shapes_seed=QAT_SEED),
-        data_size=args.data_size or (ROLLOUT_TRAJECTORIES if args.rollout else EXAMPLES),
+        data_size=args.data_size,
         timesteps=args.timesteps,
         caption_dropout=args.caption_dropout,
         guidance=args.kd_guidance,

@@ -51,6 +51,7 @@ from quantization.methods.ptq import make_quantizer
 log = logging.getLogger(__name__)
 
 TIMESTEP_LAWS = ("uniform", "normal")
+EXAMPLES, ROLLOUT_TRAJECTORIES, CAPTION_DROPOUT = 2048, 256, 0.1
 
 
 # 2. the student and what it is taught with ----------------------------------------------
@@ -255,9 +256,9 @@ class QATConfig:
     int8_scores: ClassVar[bool] = True  # the exported graph's attention: q·kᵀ in INT8
 
     data: Images | GeneratedLatents | None = None
-    data_size: int = 2048
+    data_size: int | None = None  # EXAMPLES, or ROLLOUT_TRAJECTORIES with ``rollout``
     timesteps: str = "uniform"
-    caption_dropout: float = 0.1
+    caption_dropout: float | None = None  # CAPTION_DROPOUT; not with ``rollout``
     guidance: float = 0.0
     rollout: int = 0
     rollout_sampler_steps: int = 50
@@ -287,15 +288,25 @@ class QATConfig:
             raise ValueError(f"unknown timestep law {self.timesteps!r}; known: {', '.join(TIMESTEP_LAWS)}")
         if self.batch % BATCH:
             raise ValueError(f"--batch must be a multiple of {BATCH} (the UNet graph's batch), got {self.batch}")
-        if not 0 <= self.caption_dropout <= 1:
+        if (self.rollout or self.guidance) and self.caption_dropout is not None:
+            raise ValueError("--kd-guidance and --rollout train on CFG pairs, every caption with its empty one: "
+                             "drop --caption-dropout")  # fmt: skip
+        if self.data_size is None:
+            self.data_size = ROLLOUT_TRAJECTORIES if self.rollout else EXAMPLES
+        if self.caption_dropout is None and not (self.rollout or self.guidance):
+            self.caption_dropout = CAPTION_DROPOUT
+        if self.caption_dropout is not None and not 0 <= self.caption_dropout <= 1:
             raise ValueError(f"--caption-dropout must be within [0, 1], got {self.caption_dropout}")
         if self.guidance < 0:
             raise ValueError(f"--kd-guidance must not be negative, got {self.guidance}")
         if self.rollout < 0:
             raise ValueError(f"--rollout must not be negative, got {self.rollout}")
         if self.rollout:
-            if not self.guidance:
-                raise ValueError("--rollout runs the sampler as it generates: give its guidance with --kd-guidance")
+            if self.guidance <= 1:
+                raise ValueError(
+                    "--rollout runs the sampler as it generates, with classifier-free guidance: give its scale, "
+                    "above 1, with --kd-guidance"
+                )
             if not 1 <= self.rollout <= self.rollout_sampler_steps:
                 raise ValueError(
                     f"--rollout must be within [1, --rollout-sampler-steps = {self.rollout_sampler_steps}], "
@@ -317,7 +328,10 @@ class QATConfig:
             raise ValueError("learned activation ranges start from PTQ's: drop --no-init-from-calibration or add --fixed-ranges")
 
     def recipe(self) -> dict:
-        options = {k: v for k, v in asdict(self).items() if k not in ("data", "summary", "_trained", "work", "resume")}
+        skipped = {"data", "summary", "_trained", "work", "resume"}
+        skipped |= {"timesteps", "caption_dropout"} if self.rollout else {"rollout_sampler_steps"}
+        skipped |= {"caption_dropout"} if self.guidance else set()
+        options = {k: v for k, v in asdict(self).items() if k not in skipped}
         return {
             **PTQ_RECIPE,
             "flow": "pt2e qat (torch.export -> prepare_qat_pt2e -> train against the fp32 teacher -> convert_pt2e)",
@@ -327,12 +341,21 @@ class QATConfig:
             **({} if self.train_weights else {"weights": f"{PTQ_RECIPE['weights']}, kept as PTQ rounds them"}),
             "training": {
                 **options,
-                "data": self.data.description,
+                "data": self._data_description(),
                 "loss": self._loss_description(),
                 "optimizer": "AdamW (0.9, 0.999), no weight decay, gradients clipped to norm 1, warm-up then cosine",
                 **self.summary,
             },
         }
+
+    def _data_description(self) -> str:
+        if self.rollout:
+            return (
+                f"the captions of {self.data.description}; the fp32 teacher's DDIM trajectories from them, "
+                f"{self.rollout_sampler_steps} steps, guidance {self.guidance}, seeds {self.seed}.."
+                f"{self.seed + self.data_size - 1}"
+            )
+        return self.data.description
 
     def _loss_description(self) -> str:
         if self.rollout:

@@ -50,8 +50,12 @@ def test_cli_choices_match_the_library():
     from app.commands import quantize as quantize_command
     from bench import service, unet_step
     from quantization import calibration
+    from quantization.methods import qat
 
     assert quantize_command._SAMPLERS == calibration.SAMPLERS
+    assert quantize_command._TIMESTEP_LAWS == qat.TIMESTEP_LAWS
+    defaults = (quantize_command.EXAMPLES, quantize_command.ROLLOUT_TRAJECTORIES, quantize_command.CAPTION_DROPOUT)
+    assert defaults == (qat.EXAMPLES, qat.ROLLOUT_TRAJECTORIES, qat.CAPTION_DROPOUT)
     assert bench_command._VARIANTS == unet_step.VARIANTS
     assert bench_command._UNETS == tuple(unet_step.ARCHITECTURES)
     assert bench_command._BF16_MODES == tuple(service.BF16_MODES)

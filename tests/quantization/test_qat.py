@@ -127,13 +127,22 @@ def test_a_rollout_of_the_teacher_retraces_the_teachers_own_trajectory(tiny_pipe
 
 
 def test_rollout_distillation_trains_through_several_sampler_steps(tiny_pipe, calibration_split, graph, tmp_path):
-    """The rollout loss falls as the student trains on one example: the gradient goes through
-    every step of the rollout to the fake quantizers and weights."""
+    """A rollout chains the student's own steps, the gradient goes back through all of them, and
+    the rollout loss falls as the student trains on one example."""
     config = _config(tmp_path, guidance=3.0, rollout=3, rollout_sampler_steps=6)
     ddim = qat.sampler(tiny_pipe, 6)
     states, empty = embed(tiny_pipe, ["a red circle"]), embed(tiny_pipe, [""])
     trajectories = qat.teacher_trajectories(tiny_pipe, states, empty, ddim, guidance=3.0, seed=0)
     student = config.make_student(graph, [], calibration_split[0])
+    text = torch.cat([empty, states])
+    start = trajectories[0, 1:2].clone().requires_grad_()
+    landed = qat.roll_out(student, ddim, start, 1, 3, text, 3.0)
+    chained = start
+    for first in (1, 2, 3):
+        chained = qat.roll_out(student, ddim, chained, first, 1, text, 3.0)
+    assert torch.equal(landed, chained) and not torch.equal(landed, trajectories[0, 4:5])
+    (grad,) = torch.autograd.grad(landed.square().sum(), start)
+    assert grad.abs().sum() > 0
     optimizer = torch.optim.AdamW(qat.trainable(student), lr=1e-4)
     losses = []
     for _ in range(8):
@@ -187,6 +196,12 @@ def test_resume_continues_where_the_checkpoint_stopped(tiny_pipe, calibration_sp
     assert losses(resumed_log) == losses(whole_log)
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_resume_with_other_options_is_refused(tiny_pipe, calibration_split, graph, tmp_path):
+    _config(tmp_path, train_steps=2, checkpoint_every=1).train(graph, [], calibration_split[0], tiny_pipe)
+    with pytest.raises(ValueError, match=r"saved by a run with other options \(lr 0.001 -> 0.0001\)"):
+        _config(tmp_path, train_steps=2, lr=1e-4, resume=True).train(graph, [], calibration_split[0], tiny_pipe)
 
 
 def test_resume_without_a_checkpoint_says_so(tiny_pipe, calibration_split, graph, tmp_path):
@@ -256,7 +271,10 @@ def test_bad_training_data_is_refused_with_a_message(model, tmp_path, capsys):
         (["--caption-dropout", "1.5"], "--caption-dropout must be within [0, 1]"),
         (["--kd-weight", "0", "--denoise-weight", "0"], "at least one loss weight must be positive"),
         (["--timestep-groups", "2"], "qat trains one set of activation ranges"),
-        (["--rollout", "4"], "--rollout runs the sampler as it generates: give its guidance with --kd-guidance"),
+        (["--rollout", "4"], "--rollout runs the sampler as it generates, with classifier-free guidance"),
+        (["--rollout", "4", "--kd-guidance", "1"], "give its scale, above 1, with --kd-guidance"),
+        (["--rollout", "4", "--kd-guidance", "5", "--denoise-weight", "1"], "--rollout distills the trajectory alone"),
+        (["--kd-guidance", "5", "--caption-dropout", "0.2"], "train on CFG pairs, every caption with its empty one"),
         (["--rollout", "60", "--kd-guidance", "5"], "--rollout must be within [1, --rollout-sampler-steps = 50]"),
         (["--rollout", "4", "--kd-guidance", "5", "--timesteps", "normal"], "--rollout starts from points of the"),
     ],
