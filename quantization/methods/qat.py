@@ -203,27 +203,30 @@ def sampler(pipe, steps: int):
 
 
 @torch.no_grad()
-def teacher_trajectories(pipe, states: torch.Tensor, empty: torch.Tensor, scheduler, guidance: float, seed: int,
+def teacher_trajectories(pipe, captions: Sequence[str], scheduler, guidance: float, seed: int,
                          batch: int = 16) -> torch.Tensor:  # fmt: skip
-    """The FP32 UNet's own sampler runs, one from noise of seed ``seed + j`` for each text state
-    ``states[j]``, guided at ``guidance`` against ``empty``: latents (n, steps + 1, c, h, w), the
-    one each step starts from and the last one."""
-    unet, steps = pipe.unet, len(scheduler.timesteps)
-    size = unet.config.sample_size
-    out = torch.empty((len(states), steps + 1, unet.config.in_channels, size, size))
-    for start in range(0, len(states), batch):
-        text = states[start : start + batch]
-        n = len(text)
-        seeds = [torch.Generator().manual_seed(seed + start + j) for j in range(n)]
-        x = torch.cat([torch.randn((1, *out.shape[2:]), generator=g) for g in seeds]) * scheduler.init_noise_sigma
-        pair_text = torch.cat([empty.expand(n, -1, -1), text])
-        for i, t in enumerate(scheduler.timesteps):
-            out[start : start + n, i] = x
-            uncond, cond = unet(torch.cat([x, x]), t, pair_text).sample.chunk(2)
-            x = scheduler.step(uncond + guidance * (cond - uncond), t, x).prev_sample
-        out[start : start + n, steps] = x
-        log.info("qat: teacher trajectories %d/%d", start + n, len(states))
-    return out
+    """The FP32 pipeline's own runs with ``scheduler``, one from noise of seed ``seed + j`` for
+    each of ``captions``, guided at ``guidance``: latents (n, steps + 1, c, h, w), the one each
+    step starts from and the last one."""
+    teacher = type(pipe)(**{**pipe.components, "scheduler": scheduler})
+    size = pipe.unet.config.sample_size
+    shape = (1, pipe.unet.config.in_channels, size, size)
+    runs = []
+    for start in range(0, len(captions), batch):
+        chunk = captions[start : start + batch]
+        seeds = [torch.Generator().manual_seed(seed + start + j) for j in range(len(chunk))]
+        noise = torch.cat([torch.randn(shape, generator=g) for g in seeds])
+        path = [noise * scheduler.init_noise_sigma]  # what the pipeline starts from
+
+        def record(pipe, step, timestep, tensors):
+            path.append(tensors["latents"])
+            return {}
+
+        teacher(list(chunk), num_inference_steps=len(scheduler.timesteps), guidance_scale=guidance, latents=noise,
+                output_type="latent", callback_on_step_end=record)  # fmt: skip
+        runs.append(torch.stack(path, dim=1).float())
+        log.info("qat: teacher trajectories %d/%d", start + len(chunk), len(captions))
+    return torch.cat(runs)
 
 
 def roll_out(student, scheduler, x: torch.Tensor, first: int, steps: int, text: torch.Tensor,
@@ -467,8 +470,9 @@ class QATConfig:
         empty = embed(pipe, [""])
         if self.rollout:
             ddim = sampler(pipe, self.rollout_sampler_steps)
-            states = embed(pipe, self.data.captions(self.data_size))
-            latents = teacher_trajectories(pipe, states, empty, ddim, self.guidance, self.seed)
+            captions = self.data.captions(self.data_size)
+            states = embed(pipe, captions)
+            latents = teacher_trajectories(pipe, captions, ddim, self.guidance, self.seed)
         else:
             latents, captions = self.data.latents(pipe, self.data_size)
             states = embed(pipe, captions)

@@ -111,8 +111,9 @@ def test_a_rollout_of_the_teacher_retraces_the_teachers_own_trajectory(tiny_pipe
     """The trajectories rollouts are measured against are the sampler's own: the FP32 graph,
     rolled out from any point of one, lands where the trajectory went."""
     ddim = qat.sampler(tiny_pipe, 6)
-    states, empty = embed(tiny_pipe, ["a red circle", "a blue square"]), embed(tiny_pipe, [""])
-    trajectories = qat.teacher_trajectories(tiny_pipe, states, empty, ddim, guidance=3.0, seed=0)
+    captions = ["a red circle", "a blue square"]
+    states, empty = embed(tiny_pipe, captions), embed(tiny_pipe, [""])
+    trajectories = qat.teacher_trajectories(tiny_pipe, captions, ddim, guidance=3.0, seed=0)
     size = tiny_pipe.unet.config.sample_size
     assert trajectories.shape == (2, 7, tiny_pipe.unet.config.in_channels, size, size)
     assert not torch.equal(trajectories[0], trajectories[1])
@@ -132,7 +133,7 @@ def test_rollout_distillation_trains_through_several_sampler_steps(tiny_pipe, ca
     config = _config(tmp_path, guidance=3.0, rollout=3, rollout_sampler_steps=6)
     ddim = qat.sampler(tiny_pipe, 6)
     states, empty = embed(tiny_pipe, ["a red circle"]), embed(tiny_pipe, [""])
-    trajectories = qat.teacher_trajectories(tiny_pipe, states, empty, ddim, guidance=3.0, seed=0)
+    trajectories = qat.teacher_trajectories(tiny_pipe, ["a red circle"], ddim, guidance=3.0, seed=0)
     student = config.make_student(graph, [], calibration_split[0])
     text = torch.cat([empty, states])
     start = trajectories[0, 1:2].clone().requires_grad_()
