@@ -268,7 +268,7 @@ def build_from_inputs(
                 if n + 1 == len(attempts):
                     raise
                 log.warning("%s; trying %s in BF16 instead", exc, ", ".join(attempts[n + 1]) or "nothing")
-                _remove(out)
+                remove_folder(out)
                 out.mkdir(parents=True)
         miscompiled, fallback = attempts[:n], attempts[n]
         if miscompiled:
@@ -296,7 +296,7 @@ def build_from_inputs(
             },
             "timestep_groups": group_records,
             "model": {
-                "unet_fingerprint": runtime.unet_fingerprint(unet),
+                "unet_fingerprint": runtime.fingerprint(unet),
                 "unet_class": type(unet).__name__,
                 "latent_size": list(latent),
                 "image_size": [s * pipe.vae_scale_factor for s in latent],
@@ -320,12 +320,12 @@ def build_from_inputs(
         log.info("fidelity on held-out inputs: %s", manifest["fidelity"])
         return package.write_manifest(out, manifest)
     except BaseException:
-        _remove(out)
+        remove_folder(out)
         raise
 
 
-def _remove(folder: Path) -> None:
-    """Remove a half-built artifact folder, so no server ever sees it."""
+def remove_folder(folder: Path) -> None:
+    """Remove a half-built artifact folder (files only), so no server ever sees it."""
     for path in folder.iterdir():
         path.unlink()
     folder.rmdir()

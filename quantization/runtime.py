@@ -10,7 +10,8 @@ layout), and a ``manifest.json`` saying how it was made and what it needs. Its
 was compiled by, on a CPU with the instructions it was compiled for (AVX-512, never AMX:
 ``portable_isa``), and only for the UNet it was quantized from: ``load_variant`` checks
 all of that, and every file's sha256, before it loads anything, and refuses with an
-``ArtifactError`` naming what is wrong.
+``ArtifactError`` naming what is wrong. A model's tiny decoder has an artifact of the same
+make, ``<model>/vae_tiny/int8/`` (one package, ``quantization.decoder``): ``load_decoder``.
 
 This module is all a server needs of ``quantization``: it imports no calibration, export
 or build code (``quantization.build`` and the methods write what it reads).
@@ -160,19 +161,19 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def unet_fingerprint(unet: torch.nn.Module) -> str:
-    """A cheap identity of a UNet: its config and a strided sample of every weight."""
-    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}  # "_..." is bookkeeping
+def fingerprint(module: torch.nn.Module) -> str:
+    """A cheap identity of a diffusers model (a UNet, a decoder): its config and a strided sample of every weight."""
+    config = {k: v for k, v in module.config.items() if not k.startswith("_")}  # "_..." is bookkeeping
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
-        for name, p in unet.named_parameters():
+        for name, p in module.named_parameters():
             flat = p.detach().reshape(-1)
             digest.update(name.encode())
             digest.update(flat[:: max(1, flat.numel() // 64)].float().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def read_manifest(folder: Path) -> dict:
+def read_manifest(folder: Path, required: tuple[str, ...] = _REQUIRED) -> dict:
     path = folder / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"no {MANIFEST} in {folder}")
@@ -183,16 +184,16 @@ def read_manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise ArtifactError(f"{path} has format {found!r}; this mixdiff reads format {FORMAT}")
-    missing = [key for key in _REQUIRED if key not in manifest]
+    missing = [key for key in required if key not in manifest]
     if missing:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}")
     return manifest
 
 
-def verify(folder: Path, unet: torch.nn.Module | None = None) -> dict:
-    """The manifest of ``folder`` once versions, CPU features, hashes and (given ``unet``)
-    the source model are checked; ``ArtifactError`` names the first problem found."""
-    manifest = read_manifest(folder)
+def _verify_build(folder: Path, required: tuple[str, ...]) -> dict:
+    """The manifest of ``folder`` once the versions it was built with, the CPU features it
+    needs and every file's hash are checked."""
+    manifest = read_manifest(folder, required)
     built = manifest["runtime"]
     for package, installed in (("torch", torch.__version__), ("torchao", version("torchao"))):
         if built[package] != installed:
@@ -209,15 +210,29 @@ def verify(folder: Path, unet: torch.nn.Module | None = None) -> dict:
             raise ArtifactError(f"file {name} listed in {MANIFEST} is missing")
         if sha256(path) != expected:
             raise ArtifactError(f"file {name} does not match its sha256 in {MANIFEST}: damaged or changed")
+    return manifest
+
+
+def _check_source(manifest: dict, module: torch.nn.Module, key: str, what: str) -> None:
+    """``ArtifactError`` unless ``module`` is the model (``what``) the artifact was made from,
+    whose fingerprint its manifest keeps as ``model.<key>``."""
+    made_from, loaded = manifest["model"][key], fingerprint(module)
+    if made_from != loaded:
+        raise ArtifactError(
+            f"quantized from a different {what} than the loaded model's (fingerprint {made_from}, model's {loaded})"
+        )
+
+
+def verify(folder: Path, unet: torch.nn.Module | None = None) -> dict:
+    """The manifest of the UNet artifact ``folder`` once versions, CPU features, hashes and
+    (given ``unet``) the source model are checked; ``ArtifactError`` names the first problem found."""
+    manifest = _verify_build(folder, _REQUIRED)
     for group in manifest["timestep_groups"]:
         for key in ("file", "weights"):
             if group.get(key) not in manifest["files"]:
                 raise ArtifactError(f"{key} {group.get(key)} of a timestep group has no sha256 in {MANIFEST}")
-    if unet is not None and manifest["model"]["unet_fingerprint"] != unet_fingerprint(unet):
-        raise ArtifactError(
-            "quantized from a different UNet than the loaded model's "
-            f"(fingerprint {manifest['model']['unet_fingerprint']}, model's {unet_fingerprint(unet)})"
-        )
+    if unet is not None:
+        _check_source(manifest, unet, "unet_fingerprint", "UNet")
     return manifest
 
 
@@ -283,6 +298,54 @@ LOADERS: dict[str, Callable[[Path, dict, object], object]] = {
     "qat-int8-static": _load_packages,
     "bf16-aot": _load_packages,
 }
+
+
+#: A tiny decoder artifact's folder under the model's ``vae_tiny/``.
+DECODER_ARTIFACT = "int8"
+#: What a tiny decoder artifact's manifest must have.
+_DECODER_REQUIRED = ("method", "runtime", "files", "package", "model")
+
+
+class PackagedDecoder:
+    """A tiny decoder artifact's compiled INT8 package, decoding as the decoder it was made
+    from does: ``decode(latents, return_dict=False)`` takes fp32 latents (scaled as that
+    decoder takes them: ``config``'s) of the size it was built for, any batch (one image a
+    call), and returns ``(pixels,)`` in fp32."""
+
+    dtype = torch.float32
+
+    def __init__(self, name: str, manifest: dict, runner, config):
+        self.name, self.manifest, self.runner, self.config = name, manifest, runner, config
+        self.latent_size = tuple(manifest["model"]["latent_size"])
+
+    def supports(self, latent_height: int, latent_width: int) -> bool:
+        return (latent_height, latent_width) == self.latent_size
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, return_dict: bool = False) -> tuple[torch.Tensor]:
+        if not self.supports(*latents.shape[2:]):
+            raise ValueError(
+                f"the {self.name} decoder was built for latents {self.latent_size[0]}x{self.latent_size[1]}, "
+                f"got {latents.shape[2]}x{latents.shape[3]}"
+            )
+        return (run_in_batches(self.runner, (latents.float(),), 1),)
+
+
+def load_decoder(path: Path, decoder: torch.nn.Module, name: str) -> PackagedDecoder:
+    """The tiny decoder artifact at ``path`` (``quantization.decoder`` writes it), once verified
+    as ``verify`` verifies UNet artifacts and checked to be made from ``decoder``, as the decoder ``name``."""
+    path = Path(path)
+    manifest = _verify_build(path, _DECODER_REQUIRED)
+    _check_source(manifest, decoder, "decoder_fingerprint", "tiny decoder")
+    package = manifest["package"]
+    for key in ("file", "weights"):
+        if package.get(key) not in manifest["files"]:
+            raise ArtifactError(f"package {key} {package.get(key)} has no sha256 in {MANIFEST}")
+    try:
+        runner = load_package(path / package["file"], path / package["weights"])
+    except Exception as exc:  # a package the runtime cannot open: say which, keep the cause
+        raise ArtifactError(f"cannot load package {package['file']} with {package['weights']}: {exc}") from exc
+    return PackagedDecoder(name, manifest, runner, decoder.config)
 
 
 def load_variant(path: Path, pipe):

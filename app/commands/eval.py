@@ -45,7 +45,10 @@ def register(subparsers) -> None:
         "--scheduler", default=None, help="the sampler of every schedule; default: the model's (else ddim)"
     )
     parser.add_argument(
-        "--decoder", choices=("full", "tiny"), default=None, help="default: the model's (else the full VAE)"
+        "--decoder",
+        choices=("full", "tiny", "tiny-int8"),
+        default=None,
+        help="default: the model's (else the full VAE)",
     )
     parser.add_argument(
         "--reference-model",
@@ -121,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if decoder not in pipeline.info.decoders:
-        print(f"mixdiff eval: this model has no {decoder} decoder (no vae_tiny/)", file=sys.stderr)
+        print(f"mixdiff eval: this model has no {decoder} decoder; it has: {', '.join(pipeline.info.decoders)}",
+              file=sys.stderr)
         return 2
     steps = [defaults["steps"]] if args.steps is None else args.steps
 

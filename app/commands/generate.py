@@ -37,9 +37,10 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--decoder",
-        choices=("full", "tiny"),
+        choices=("full", "tiny", "tiny-int8"),
         default=None,
-        help="the VAE, or the model's tiny decoder (its vae_tiny/); default: the model's (else full)",
+        help="the VAE, or the model's tiny decoder (its vae_tiny/), or that decoder in INT8 (its vae_tiny/int8/, "
+        "from mixdiff quantize tiny-decoder); default: the model's (else full)",
     )
     parser.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the UNets"
@@ -108,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"mixdiff generate: unknown scheduler {scheduler!r}; available: {available}", file=sys.stderr)
         return 2
     if decoder not in pipeline.info.decoders:
-        print(f"mixdiff generate: this model has no {decoder} decoder (no vae_tiny/)", file=sys.stderr)
+        print(f"mixdiff generate: this model has no {decoder} decoder; it has: {', '.join(pipeline.info.decoders)}",
+              file=sys.stderr)
         return 2
     steps = pipeline.info.defaults["steps"] if args.steps is None else args.steps
     guidance = pipeline.info.defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale

@@ -8,7 +8,8 @@ the FP32 model's own denoising runs, keeps the blocks ``--fallback`` names in BF
 compiles one AOTInductor package per timestep group, checks it, and measures its fidelity
 on held-out inputs (docs/QUANTIZATION.md). ``bf16`` quantizes nothing: it compiles the
 BF16 UNet once, so a server need not compile it at every start; its calibration runs only
-give the inputs it is checked and measured on.
+give the inputs it is checked and measured on. ``mixdiff quantize tiny-decoder`` makes the
+model's tiny decoder INT8 the same way (``quantization.decoder``), into ``vae_tiny/int8/``.
 """
 
 from __future__ import annotations
@@ -229,9 +230,22 @@ def _qat_arguments(parser: argparse.ArgumentParser) -> None:
 METHOD_ARGUMENTS = {"ptq": _ptq_arguments, "qat": _qat_arguments, "bf16": _bf16_arguments}
 
 
+TINY_DECODER_ABOUT = """mixdiff quantize tiny-decoder: the model's tiny decoder in INT8.
+
+Quantizes the folder's tiny decoder (vae_tiny/, a TAESD-style AutoencoderTiny) by PT2E,
+calibrated on the final latents of the FP32 model's own runs of the prompts, and compiles
+it ahead of time for the model's own image size into <model>/vae_tiny/int8/. The server
+then offers the decoder tiny-int8 beside tiny, for images of that size. The manifest
+records its PSNR against the FP32 tiny decoder on held-out latents, and the BF16 one's.
+"""
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "quantize", help="make quantized UNet artifacts", description=__doc__, formatter_class=HelpFormatter
+        "quantize",
+        help="make quantized UNet (and tiny decoder) artifacts",
+        description=__doc__,
+        formatter_class=HelpFormatter,
     )
     methods = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
     about = __doc__.split("\n", 2)[2]  # what every method does
@@ -245,6 +259,34 @@ def register(subparsers) -> None:
         _shared_arguments(method)
         METHOD_ARGUMENTS[name](method)
         method.set_defaults(func=run)
+    decoder = methods.add_parser(
+        "tiny-decoder",
+        help="the model's tiny decoder (vae_tiny/) in INT8, served as the decoder tiny-int8",
+        description=TINY_DECODER_ABOUT,
+        formatter_class=HelpFormatter,
+    )
+    decoder.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help="diffusers pipeline folder with a vae_tiny/ (default: the embedded model, models/mixdiff-shapes)",
+    )
+    decoder.add_argument(
+        "--prompts", type=at_least(2), default=32, help="calibration prompts, each one FP32 run; every 4th held out"
+    )
+    decoder.add_argument(
+        "--prompt-file",
+        type=Path,
+        default=None,
+        help="calibration prompts, one per line (default: captions of the embedded model's data set)",
+    )
+    decoder.add_argument(
+        "--steps", type=at_least(1), default=None, help="denoising steps of each run (default: the model's, else 30)"
+    )
+    decoder.add_argument(
+        "--guidance-scale", type=float, default=None, help="guidance of each run (default: the model's, else 7.5)"
+    )
+    decoder.add_argument("--seed", type=int, default=0, help="seed of the first run; run i takes seed + i")
+    decoder.set_defaults(func=run_tiny_decoder)
 
 
 def _prompts(args) -> list[str]:
@@ -289,6 +331,49 @@ def _method(args, prompts: list[str]):
         resume=args.resume,
         seed=args.train_seed,
     )
+
+
+def run_tiny_decoder(args: argparse.Namespace) -> int:
+    model = Path(args.model)
+    if not (model / "model_index.json").is_file():
+        print(f"mixdiff quantize: {model} is not a diffusers pipeline folder (no model_index.json)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from app.pipeline.loader import (
+        TINY_DECODER,
+        ModelLoadError,
+        generation_defaults,
+        load_diffusers_pipeline,
+        load_tiny_decoder,
+    )
+    from quantization import decoder as int8_decoder
+    from quantization.runtime import DECODER_ARTIFACT
+
+    out = model / TINY_DECODER / DECODER_ARTIFACT
+    if out.exists():
+        print(f"mixdiff quantize: {out} already exists; remove it to build it again", file=sys.stderr)
+        return 2
+    try:
+        tiny = load_tiny_decoder(model)
+        if tiny is None:
+            raise ValueError(f"{model} has no tiny decoder ({TINY_DECODER}/)")
+        defaults = generation_defaults(model)
+        prompts = _prompts(args)
+        pipe, _, _ = load_diffusers_pipeline(str(model))
+        pipe.set_progress_bar_config(disable=True)
+        steps = defaults["steps"] if args.steps is None else args.steps
+        guidance = defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
+        logging.getLogger(__name__).info("%d FP32 runs of %d steps for the calibration latents", len(prompts), steps)
+        latents = int8_decoder.final_latents(pipe, tiny, prompts, steps=steps, guidance_scale=guidance, seed=args.seed)
+        source = {"prompts": len(prompts), "prompt_examples": prompts[:3], "steps": steps, "guidance_scale": guidance,
+                  "seed": args.seed, "scheduler": type(pipe.scheduler).__name__}  # fmt: skip
+        manifest = int8_decoder.build(tiny, latents, out, source=source)
+    except (ModelLoadError, ValueError, OSError) as exc:
+        print(f"mixdiff quantize: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: manifest[k] for k in ("fidelity", "artifact_bytes", "build_seconds")}, indent=2))
+    print(f"wrote {out}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,8 +22,9 @@ _FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl
 SETTINGS_FILE = "mixdiff.json"
 #: A model folder's optional tiny decoder (TAESD-style), beside its VAE.
 TINY_DECODER = "vae_tiny"
-#: What may turn latents into pixels: the VAE, or the tiny decoder where the folder has one.
-DECODERS = ("full", "tiny")
+#: What may turn latents into pixels: the VAE, the tiny decoder where the folder has one, and
+#: that decoder in INT8 where ``mixdiff quantize tiny-decoder`` built it (``vae_tiny/int8/``).
+DECODERS = ("full", "tiny", "tiny-int8")
 
 
 class ModelLoadError(RuntimeError):
@@ -134,6 +135,25 @@ def load_tiny_decoder(path: Path | None):
         return AutoencoderTiny.from_pretrained(path / TINY_DECODER, local_files_only=True, dtype=torch.float32).eval()
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path / TINY_DECODER} is not an AutoencoderTiny folder: {exc}") from None
+
+
+def load_int8_decoder(path: Path | None, tiny_decoder):
+    """The INT8 build of the folder's tiny decoder (``vae_tiny/int8/``, a
+    ``quantization.runtime.PackagedDecoder``), or None where there is none or it is refused
+    (damaged, built by another torch or from another decoder: the log says why)."""
+    if path is None or tiny_decoder is None:
+        return None
+    from quantization.runtime import DECODER_ARTIFACT, ArtifactError, load_decoder
+
+    folder = path / TINY_DECODER / DECODER_ARTIFACT
+    if not folder.is_dir():
+        return None
+    try:
+        return load_decoder(folder, tiny_decoder, "tiny-int8")
+    except ArtifactError as exc:
+        log.warning("decoder tiny-int8 unavailable: %s refused: %s (make it again: mixdiff quantize tiny-decoder)",
+                    folder, exc)  # fmt: skip
+        return None
 
 
 def model_sizes(path: Path | None, default_size: int) -> list[int] | None:

@@ -22,6 +22,7 @@ from app.pipeline.loader import (
     ModelLoadError,
     generation_defaults,
     load_diffusers_pipeline,
+    load_int8_decoder,
     load_tiny_decoder,
     model_sizes,
 )
@@ -67,7 +68,7 @@ class ModelInfo:
     vae_precision: str  # "fp32" or "bf16"
     text_encoder_precision: str  # "fp32" or "bf16"
     defaults: dict  # steps, guidance_scale, precision, scheduler, decoder of a request that names none
-    decoders: list[str]  # "full", and "tiny" where the folder has a tiny decoder
+    decoders: list[str]  # "full", and "tiny" (and "tiny-int8") where the folder has a tiny decoder (and its INT8 build)
     parameters: dict[str, int] = field(default_factory=dict)  # component -> parameter count
     artifacts: dict[str, dict] = field(default_factory=dict)  # int8 variant -> manifest summary
     unavailable: dict[str, str] = field(default_factory=dict)  # precision -> why it is not offered
@@ -123,16 +124,20 @@ class MixedPrecisionPipeline:
         default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         sizes = model_sizes(path, default_size)
         tiny_decoder = load_tiny_decoder(path)
-        decoders = {"full": pipe.vae} | ({"tiny": tiny_decoder} if tiny_decoder is not None else {})
+        int8_decoder = load_int8_decoder(path, tiny_decoder)  # before the tiny decoder moves to vae_precision
+        for decoder in (pipe.vae, tiny_decoder):
+            if decoder is not None:
+                set_vae_precision(decoder, vae_precision)
+        decoders = {"full": pipe.vae, "tiny": tiny_decoder, "tiny-int8": int8_decoder}
+        decoders = {name: decoder for name, decoder in decoders.items() if decoder is not None}
         if defaults["decoder"] not in decoders:
-            raise ModelLoadError(f"{path}/mixdiff.json: its default decoder {defaults['decoder']!r} needs a vae_tiny/")
+            needs = "a vae_tiny/" if defaults["decoder"] == "tiny" else "a vae_tiny/int8/ that loads (see the log)"
+            raise ModelLoadError(f"{path}/mixdiff.json: its default decoder {defaults['decoder']!r} needs {needs}")
         if defaults["scheduler"] not in available(pipe.scheduler.config):
             raise ModelLoadError(
                 f"{path}/mixdiff.json: scheduler {defaults['scheduler']!r} cannot sample this model; "
                 f"it can: {', '.join(available(pipe.scheduler.config))}"
             )
-        for decoder in decoders.values():
-            set_vae_precision(decoder, vae_precision)
         for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):  # SDXL has two
             if encoder is not None:
                 set_text_encoder_precision(encoder, text_encoder_precision)
@@ -194,6 +199,14 @@ class MixedPrecisionPipeline:
         if params.decoder not in self.decoders:
             raise InvalidRequest(
                 f"decoder {params.decoder!r} is not offered for this model; it has: {', '.join(self.decoders)}",
+                param="decoder",
+            )
+        supports = getattr(self.decoders[params.decoder], "supports", None)  # a compiled decoder's fixed size
+        scale = pipe.vae_scale_factor
+        if supports is not None and not supports(height // scale, width // scale):
+            raise InvalidRequest(
+                f"decoder {params.decoder!r} was built for {self.info.default_size}x{self.info.default_size} images, "
+                f"not {width}x{height}: ask for that size or another decoder",
                 param="decoder",
             )
         warnings = self._prompt_warnings(params)

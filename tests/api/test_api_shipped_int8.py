@@ -50,7 +50,7 @@ def test_int8_is_offered(server):
     own = {"steps": 30, "guidance_scale": 5.0, "precision": split, "scheduler": "ddim", "decoder": "full"}
     assert model["defaults"] == own  # the folder's mixdiff.json, mixdiff's own for the rest
     assert (model["default_precision"], model["default_scheduler"]) == (split, "ddim")
-    assert model["decoders"] == ["full", "tiny"]  # its vae_tiny/
+    assert model["decoders"] == ["full", "tiny", "tiny-int8"]  # its vae_tiny/ and vae_tiny/int8/
 
 
 def test_the_model_serves_the_size_it_was_trained_for(server):
