@@ -11,13 +11,15 @@ on 2 cores) and tokenizing (0.2 ms) are left out.
 Each architecture has random weights (the arithmetic, and so the time, is the trained model's):
 SD 1.5's UNet with CLIP ViT-L/14's text encoder, SD 2.1-base's UNet with OpenCLIP ViT-H's
 (23 layers, as SD 2.x runs it), both with SD's VAE decoder ("full") and TAESD's architecture
-(``AutoencoderTiny``, "tiny"). mixdiff's parts run as its server runs them: the text encoder
-in BF16 eager (and in FP32 besides), the UNet compiled BF16 (``EagerUNet(compile=True)``) or INT8 (PT2E and
-AOTInductor as ``mixdiff bench`` builds it, exported, calibrated and compiled at batch 1), the
-decoders in BF16 channels-last. OpenVINO's (``--peer openvino``) are the same modules converted
-by ``openvino.convert_model`` and run with BF16 inference precision, its INT8 UNet NNCF's, all
-as ``bench.openvino_peer`` builds them. Each part's error is its relative L2 against the same
-module in FP32 on the same inputs.
+(``AutoencoderTiny``, "tiny"; "tiny-int8" is it in INT8, calibrated on random latents).
+mixdiff's parts run as its server runs them: the text encoder in BF16 eager (and in FP32
+besides), the UNet compiled BF16 (``EagerUNet(compile=True)``) or INT8 (PT2E and AOTInductor
+as ``mixdiff bench`` builds it, exported, calibrated and compiled at batch 1), the decoders in
+BF16 channels-last, the INT8 tiny decoder as ``mixdiff quantize tiny-decoder`` builds it
+(``quantization.decoder``) and the server loads it. OpenVINO's (``--peer openvino``) are the
+same modules converted by ``openvino.convert_model`` and run with BF16 inference precision,
+its INT8 UNet and INT8 tiny decoder NNCF's, all as ``bench.openvino_peer`` builds them. Each
+part's error is its relative L2 against the same module in FP32 on the same inputs.
 """
 
 from __future__ import annotations
@@ -47,17 +49,25 @@ UNETS = {
 }
 #: The text encoder and the decoders each side runs, by part.
 PARTS = {
-    "mixdiff": {"text": "text-encoder-bf16", "full": "full-vae-bf16", "tiny": "tiny-vae-bf16"},
+    "mixdiff": {
+        "text": "text-encoder-bf16",
+        "full": "full-vae-bf16",
+        "tiny": "tiny-vae-bf16",
+        "tiny-int8": "tiny-vae-int8",
+    },
     "openvino": {
         "text": "openvino-text-encoder-bf16",
         "full": "openvino-full-vae-bf16",
         "tiny": "openvino-tiny-vae-bf16",
+        "tiny-int8": "openvino-tiny-vae-int8",
     },
 }
 #: Timed besides: whether the tiny decoder is faster in FP32 than in BF16, and the text encoder in FP32.
 TINY_FP32 = "tiny-vae-fp32"
 TEXT_FP32 = "text-encoder-fp32"
-DECODERS = ("full", "tiny")
+DECODERS = ("full", "tiny", "tiny-int8")
+#: Random latents the INT8 tiny decoders are calibrated on (random weights: a trained decoder's are its model's own).
+DECODER_CALIBRATION = 8
 #: The few-step models' prompt length: every prompt is padded to CLIP's 77 positions.
 TOKENS = 77
 
@@ -176,8 +186,12 @@ def _mixdiff_text_encoders(models: Models, ids: torch.Tensor) -> dict[str, _Part
     }
 
 
-def _mixdiff_decoders(models: Models, latents: torch.Tensor) -> dict[str, _Part]:
-    """mixdiff's decoders of ``latents`` as the loop runs them, and the tiny one in FP32 besides."""
+def _mixdiff_decoders(models: Models, latents: torch.Tensor, calibration, work: Path) -> dict[str, _Part]:
+    """mixdiff's decoders of ``latents`` as the loop runs them, the tiny one in FP32 besides, and in
+    INT8 as ``mixdiff quantize tiny-decoder`` builds it (on ``calibration`` latents, in ``work``)."""
+    from quantization import decoder as int8_decoder
+    from quantization.runtime import load_decoder
+
     vaes = {"full": models.vae, "tiny": models.tiny_vae}
     out = {}
     for name, part, precision in (
@@ -188,11 +202,16 @@ def _mixdiff_decoders(models: Models, latents: torch.Tensor) -> dict[str, _Part]
         start = time.perf_counter()
         call = _decoder(vaes[part], precision, latents)
         out[name] = _Part(call, part, time.perf_counter() - start)
+    start = time.perf_counter()
+    folder = work / "tiny-int8"
+    int8_decoder.build(models.tiny_vae, calibration, folder, source={"latents": "random normal"})
+    int8 = load_decoder(folder, models.tiny_vae, "tiny-int8")
+    out[PARTS["mixdiff"]["tiny-int8"]] = _Part(lambda: int8.decode(latents)[0], "tiny", time.perf_counter() - start)
     return out
 
 
-def _openvino_parts(models: Models, ids, latents, inputs, work: Path, label: str) -> dict[str, _Part]:
-    """OpenVINO's text encoder, UNet variants and decoders."""
+def _openvino_parts(models: Models, ids, latents, calibration, inputs, work: Path, label: str) -> dict[str, _Part]:
+    """OpenVINO's text encoder, UNet variants and decoders (its INT8 tiny decoder calibrated on ``calibration``)."""
     _phase(label, "converting the text encoder and the decoders with OpenVINO")
     modules = {
         "text": (_Encode(models.text_encoder), ids),
@@ -203,6 +222,8 @@ def _openvino_parts(models: Models, ids, latents, inputs, work: Path, label: str
     for part, (module, example) in modules.items():
         call, seconds = openvino_peer.bf16_call(module, (example,))
         out[PARTS["openvino"][part]] = _Part(call, part, seconds)
+    call, seconds = openvino_peer.int8_call(_Decode(models.tiny_vae), latents, calibration)
+    out[PARTS["openvino"]["tiny-int8"]] = _Part(call, "tiny", seconds)
     return {**_unet_steps("openvino", models.unet, inputs, work, label), **out}
 
 
@@ -215,6 +236,7 @@ def measure(models: Models, *, rounds: int, peer: bool, label: str) -> dict[str,
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(models.text_encoder.config.vocab_size, (1, TOKENS), generator=g)
     latents = torch.randn(1, models.vae.config.latent_channels, size, size, generator=g)
+    calibration = [torch.randn(latents.shape, generator=g) for _ in range(DECODER_CALIBRATION)]
     inputs = unet_step.random_inputs(unet, 500, seed=100, batch=1)
     with tempfile.TemporaryDirectory(prefix="mixdiff-bench-") as work, torch.no_grad():
         _phase(label, "FP32 references")
@@ -226,11 +248,11 @@ def measure(models: Models, *, rounds: int, peer: bool, label: str) -> dict[str,
         }
         # the peer first, as ``mixdiff bench`` builds it: its conversion reads the FP32 UNet before
         # mixdiff's variants are built from it, and its calibration's peak comes before theirs is held
-        parts = _openvino_parts(models, ids, latents, inputs, Path(work), label) if peer else {}
+        parts = _openvino_parts(models, ids, latents, calibration, inputs, Path(work), label) if peer else {}
         parts = {
             **_mixdiff_text_encoders(models, ids),
             **_unet_steps("mixdiff", unet, inputs, Path(work), label),
-            **_mixdiff_decoders(models, latents),
+            **_mixdiff_decoders(models, latents, calibration, Path(work)),
             **parts,
         }
         _phase(label, f"timing {len(parts)} parts, {rounds} interleaved rounds after one untimed")
@@ -368,8 +390,9 @@ def markdown(result: dict) -> str:
         "",
         "Time to image = text encode + the UNet steps + decode, composed from each part's median; the scheduler's "
         "arithmetic (under a millisecond a step) and tokenizing are left out. mixdiff: text encoder BF16 eager, UNet "
-        "compiled BF16 or INT8 (built at batch 1), decoders BF16 channels-last. OpenVINO: the same modules "
-        "converted, BF16 inference precision, INT8 UNet by NNCF. bf16/int8:1:1: the first and last step BF16, "
+        "compiled BF16 or INT8 (built at batch 1), decoders BF16 channels-last, tiny-int8: the tiny decoder in "
+        "INT8 (PT2E, AOTInductor). OpenVINO: the same modules converted, BF16 inference precision, INT8 UNet and "
+        "tiny decoder by NNCF. bf16/int8:1:1: the first and last step BF16, "
         "INT8 between. Error: relative L2 against the same module in FP32.",
     ]
     for arch in result["architectures"].values():
