@@ -39,6 +39,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from bench import openvino_peer, unet_step
 from common import malloc
+from quantization.decoder import Decode
 from quantization.graph import UNetGraph
 from quantization.package import required_cpu_features
 
@@ -115,17 +116,6 @@ def tiny_models() -> Models:
 #: What ``--archs`` names, and their titles.
 ARCHITECTURES: dict[str, Callable[[], Models]] = {"sd15": sd15_models, "sd21": sd21_models, "tiny": tiny_models}
 TITLES = {"sd15": "SD 1.5", "sd21": "SD 2.1-base", "tiny": "tiny test pipeline"}
-
-
-class _Decode(torch.nn.Module):
-    """A VAE's decoder as a function of the latents, the form ``openvino.convert_model`` takes."""
-
-    def __init__(self, vae: torch.nn.Module):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latents):
-        return self.vae.decode(latents, return_dict=False)[0]
 
 
 class _Encode(torch.nn.Module):
@@ -215,14 +205,14 @@ def _openvino_parts(models: Models, ids, latents, calibration, inputs, work: Pat
     _phase(label, "converting the text encoder and the decoders with OpenVINO")
     modules = {
         "text": (_Encode(models.text_encoder), ids),
-        "full": (_Decode(models.vae), latents),
-        "tiny": (_Decode(models.tiny_vae), latents),
+        "full": (Decode(models.vae), latents),
+        "tiny": (Decode(models.tiny_vae), latents),
     }
     out = {}
     for part, (module, example) in modules.items():
         call, seconds = openvino_peer.bf16_call(module, (example,))
         out[PARTS["openvino"][part]] = _Part(call, part, seconds)
-    call, seconds = openvino_peer.int8_call(_Decode(models.tiny_vae), latents, calibration)
+    call, seconds = openvino_peer.int8_call(Decode(models.tiny_vae), latents, calibration)
     out[PARTS["openvino"]["tiny-int8"]] = _Part(call, "tiny", seconds)
     return {**_unet_steps("openvino", models.unet, inputs, work, label), **out}
 
@@ -243,8 +233,8 @@ def measure(models: Models, *, rounds: int, peer: bool, label: str) -> dict[str,
         references = {
             "text": _Encode(models.text_encoder)(ids),
             "unet": UNetGraph(unet)(*inputs.args()).float(),  # before any variant touches ``unet``
-            "full": _Decode(models.vae)(latents),
-            "tiny": _Decode(models.tiny_vae)(latents),
+            "full": Decode(models.vae)(latents),
+            "tiny": Decode(models.tiny_vae)(latents),
         }
         # the peer first, as ``mixdiff bench`` builds it: its conversion reads the FP32 UNet before
         # mixdiff's variants are built from it, and its calibration's peak comes before theirs is held

@@ -49,8 +49,8 @@ RECIPE = {
 }
 
 
-class _Decode(torch.nn.Module):
-    """A decoder as a function of its latents: what is exported."""
+class Decode(torch.nn.Module):
+    """A decoder (a VAE, a tiny decoder) as a function of its latents: what is exported."""
 
     def __init__(self, decoder: torch.nn.Module):
         super().__init__()
@@ -99,7 +99,7 @@ def quantize(decoder: torch.nn.Module, calibration: Sequence[torch.Tensor]) -> t
 
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
     with torch.no_grad():
-        graph = torch.export.export(_Decode(decoder.eval()), (calibration[0],)).module()
+        graph = torch.export.export(Decode(decoder.eval()), (calibration[0],)).module()
         prepared = prepare_pt2e(graph, quantizer)
         for latents in calibration:
             prepared(latents)

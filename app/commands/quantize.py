@@ -32,6 +32,15 @@ _TIMESTEP_LAWS = ("uniform", "normal")  # quantization.methods.qat.TIMESTEP_LAWS
 EXAMPLES, ROLLOUT_TRAJECTORIES, CAPTION_DROPOUT = 2048, 256, 0.1
 
 
+def _prompt_file_argument(parser) -> None:
+    parser.add_argument(
+        "--prompt-file",
+        type=Path,
+        default=None,
+        help="calibration prompts, one per line (default: captions of the embedded model's data set)",
+    )
+
+
 def _shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -56,12 +65,7 @@ def _shared_arguments(parser: argparse.ArgumentParser) -> None:
     calibration.add_argument(
         "--prompts", type=at_least(1), default=32, help="calibration prompts, each one FP32 run"
     )
-    calibration.add_argument(
-        "--prompt-file",
-        type=Path,
-        default=None,
-        help="calibration prompts, one per line (default: captions of the embedded model's data set)",
-    )
+    _prompt_file_argument(calibration)
     calibration.add_argument(
         "--samples", type=at_least(1), default=8, help="inputs kept per prompt, uniform and normal samplers"
     )
@@ -273,12 +277,7 @@ def register(subparsers) -> None:
     decoder.add_argument(
         "--prompts", type=at_least(2), default=32, help="calibration prompts, each one FP32 run; every 4th held out"
     )
-    decoder.add_argument(
-        "--prompt-file",
-        type=Path,
-        default=None,
-        help="calibration prompts, one per line (default: captions of the embedded model's data set)",
-    )
+    _prompt_file_argument(decoder)
     decoder.add_argument(
         "--steps", type=at_least(1), default=None, help="denoising steps of each run (default: the model's, else 30)"
     )
