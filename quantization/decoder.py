@@ -75,7 +75,7 @@ class _BF16(torch.nn.Module):
 @torch.no_grad()
 def final_latents(pipe, decoder, prompts: Sequence[str], *, steps: int, guidance_scale: float, seed: int = 0):
     """The FP32 ``pipe``'s final latents for ``prompts`` (seed ``seed + i`` each), scaled as the server
-    hands them to ``decoder`` (its ``scaling_factor`` and ``shift_factor``); one tensor of batch 1 each."""
+    hands them to ``decoder`` (``runtime.decoder_input``); one tensor of batch 1 each."""
     latents = []
     for i, prompt in enumerate(prompts):
         out = pipe(
@@ -85,10 +85,7 @@ def final_latents(pipe, decoder, prompts: Sequence[str], *, steps: int, guidance
             generator=torch.Generator().manual_seed(seed + i),
             output_type="latent",
         ).images
-        scaled = out / decoder.config.scaling_factor
-        if getattr(decoder.config, "shift_factor", None):
-            scaled = scaled + decoder.config.shift_factor
-        latents.append(scaled.float())
+        latents.append(runtime.decoder_input(out, decoder.config).float())
     return latents
 
 
@@ -109,17 +106,18 @@ def quantize(decoder: torch.nn.Module, calibration: Sequence[torch.Tensor]) -> t
 
 
 def compile_package(converted: torch.fx.GraphModule, example: torch.Tensor, folder: Path) -> None:
-    """``converted`` under BF16 autocast, compiled by AOTInductor into ``folder``'s package and constants."""
+    """``converted`` under BF16 autocast, compiled by AOTInductor (``package.compile_program``, as UNet
+    packages are) into ``folder``'s package and constants."""
     with torch.no_grad():
         program = torch.export.export(_BF16(converted), (example,)).run_decompositions({})
-    with package.constants_apart(folder / PACKAGE, folder / WEIGHTS), runtime.portable_isa(), torch.no_grad():
-        torch._inductor.aoti_compile_and_package(
-            program, package_path=str(folder / PACKAGE), inductor_configs=package.AOTI_CONFIG
-        )
+    with package.constants_apart(folder / PACKAGE, folder / WEIGHTS), runtime.portable_isa():
+        package.compile_program(program, str(folder / PACKAGE))
 
 
-def _rel_mse(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got - want).pow(2).sum() / want.pow(2).sum().clamp(min=1e-30))
+def _rel_mse(pairs) -> float:
+    """Relative MSE over ``(got, want)`` pairs: the summed squared error over the summed squared reference."""
+    error = sum(float((got - want).pow(2).sum()) for got, want in pairs)
+    return error / max(sum(float(want.pow(2).sum()) for _, want in pairs), 1e-30)
 
 
 def _psnr(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -140,7 +138,7 @@ def fidelity(variant, decoder: torch.nn.Module, latents: Sequence[torch.Tensor])
             rows["bf16"].append((bf16.decode(x.to(torch.bfloat16), return_dict=False)[0].float(), want))
     out = {"reference": "fp32 tiny decoder", "held_out_latents": len(latents)}
     for name, pairs in rows.items():
-        out[f"{name}_rel_mse"] = sum(_rel_mse(g, w) for g, w in pairs) / len(pairs)
+        out[f"{name}_rel_mse"] = _rel_mse(pairs)
         out[f"{name}_psnr_db_mean"] = sum(_psnr(g, w) for g, w in pairs) / len(pairs)
         out[f"{name}_psnr_db_min"] = min(_psnr(g, w) for g, w in pairs)
     return out
@@ -164,13 +162,13 @@ def build(decoder: torch.nn.Module, latents: list[torch.Tensor], out: Path, *, s
         runner = runtime.load_package(out / PACKAGE, out / WEIGHTS)
         with torch.no_grad():
             checks = [(runner(x), _BF16(converted)(x)) for x in calib[:4]]
-        agreement = sum(_rel_mse(g, w) for g, w in checks) / len(checks)
+        agreement = _rel_mse(checks)
         if not agreement <= COMPILE_TOLERANCE:
             raise MiscompiledError(
                 f"the compiled decoder disagrees with the quantized graph it was compiled from (relative MSE "
                 f"{agreement:.2e} > {COMPILE_TOLERANCE:.0e})"
             )
-        latent = list(calib[0].shape[2:])
+        latent, image = list(calib[0].shape[2:]), list(checks[0][1].shape[2:])
         manifest = {
             "name": runtime.DECODER_ARTIFACT,
             "module": "vae_tiny",
@@ -183,6 +181,7 @@ def build(decoder: torch.nn.Module, latents: list[torch.Tensor], out: Path, *, s
                 "decoder_fingerprint": runtime.fingerprint(decoder),
                 "decoder_class": type(decoder).__name__,
                 "latent_size": latent,
+                "image_size": image,
                 "compiled_batch": 1,
             },
             "runtime": package.runtime_record(),

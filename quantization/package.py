@@ -104,14 +104,21 @@ def export_bf16(
         return program.run_decompositions({})  # inline the autocast region, keep aten ops whole
 
 
+def compile_program(program: torch.export.ExportedProgram, package_path: str) -> str:
+    """Compile an exported program (a converted graph exported under BF16 autocast) to an AOTInductor
+    package, as every artifact's packages are compiled."""
+    with torch.no_grad(), releasing_optional_tensor_handles():
+        return torch._inductor.aoti_compile_and_package(
+            program, package_path=package_path, inductor_configs=AOTI_CONFIG
+        )
+
+
 def compile_package(
     converted: torch.fx.GraphModule, example: UNetInputs, package_path: str, batch: int = BATCH
 ) -> str:
     """Export the converted graph with BF16 casts and compile it to an AOTInductor package for a batch of
     ``batch``."""
-    program = export_bf16(converted, example, batch)
-    with torch.no_grad(), releasing_optional_tensor_handles():
-        return torch._inductor.aoti_compile_and_package(program, package_path=package_path, inductor_configs=AOTI_CONFIG)
+    return compile_program(export_bf16(converted, example, batch), package_path)
 
 
 @contextlib.contextmanager

@@ -275,6 +275,14 @@ class PackagedUNet:
         return run_in_batches(runner, inputs.args(), self.batch)
 
 
+def _open_package(path: Path, file: str, weights: str) -> Package:
+    """``load_package`` of an artifact's files, any failure an ``ArtifactError`` naming them."""
+    try:
+        return load_package(path / file, path / weights)
+    except Exception as exc:  # a package the runtime cannot open: say which, keep the cause
+        raise ArtifactError(f"cannot load package {file} with {weights}: {exc}") from exc
+
+
 def _load_packages(path: Path, manifest: dict, pipe) -> PackagedUNet:
     """An artifact's packages, one per timestep group, as one variant."""
     if "attention" in manifest["recipe"]:  # its packages call torch.ops.mixdiff's attention
@@ -282,12 +290,7 @@ def _load_packages(path: Path, manifest: dict, pipe) -> PackagedUNet:
             kernels.load()
         except (OSError, RuntimeError) as exc:
             raise ArtifactError(f"needs the mixdiff kernels (kernels/), which could not be built: {exc}") from exc
-    runners = []
-    for group in manifest["timestep_groups"]:
-        try:
-            runners.append(load_package(path / group["file"], path / group["weights"]))
-        except Exception as exc:  # a package the runtime cannot open: say which, keep the cause
-            raise ArtifactError(f"cannot load package {group['file']} with {group['weights']}: {exc}") from exc
+    runners = [_open_package(path, group["file"], group["weights"]) for group in manifest["timestep_groups"]]
     return PackagedUNet(path.name, manifest, runners, pipe.vae_scale_factor)
 
 
@@ -306,29 +309,36 @@ DECODER_ARTIFACT = "int8"
 _DECODER_REQUIRED = ("method", "runtime", "files", "package", "model")
 
 
+def decoder_input(latents: torch.Tensor, config) -> torch.Tensor:
+    """The denoised ``latents`` scaled as a decoder of ``config`` (its ``scaling_factor`` and
+    ``shift_factor``) takes them: what the loop decodes, and what the INT8 decoder is calibrated on."""
+    latents = latents / config.scaling_factor
+    if getattr(config, "shift_factor", None):
+        latents = latents + config.shift_factor
+    return latents
+
+
 class PackagedDecoder:
     """A tiny decoder artifact's compiled INT8 package, decoding as the decoder it was made
-    from does: ``decode(latents, return_dict=False)`` takes fp32 latents (scaled as that
-    decoder takes them: ``config``'s) of the size it was built for, any batch (one image a
-    call), and returns ``(pixels,)`` in fp32."""
+    from does: ``decode(latents, return_dict=False)`` takes fp32 latents (``decoder_input``'s)
+    for images of the size it was built for, any batch (in chunks of the batch it was compiled
+    for), and returns ``(pixels,)`` in fp32. It has its own precision: ``vae_precision`` does not
+    apply to it."""
 
     dtype = torch.float32
 
     def __init__(self, name: str, manifest: dict, runner, config):
         self.name, self.manifest, self.runner, self.config = name, manifest, runner, config
-        self.latent_size = tuple(manifest["model"]["latent_size"])
+        self.image_size = tuple(manifest["model"]["image_size"])
+        self.batch = manifest["model"]["compiled_batch"]
 
-    def supports(self, latent_height: int, latent_width: int) -> bool:
-        return (latent_height, latent_width) == self.latent_size
+    def supports(self, height: int, width: int) -> bool:
+        """Whether it decodes images of ``height`` x ``width`` px."""
+        return (height, width) == self.image_size
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, return_dict: bool = False) -> tuple[torch.Tensor]:
-        if not self.supports(*latents.shape[2:]):
-            raise ValueError(
-                f"the {self.name} decoder was built for latents {self.latent_size[0]}x{self.latent_size[1]}, "
-                f"got {latents.shape[2]}x{latents.shape[3]}"
-            )
-        return (run_in_batches(self.runner, (latents.float(),), 1),)
+        return (run_in_batches(self.runner, (latents.float().contiguous(),), self.batch),)
 
 
 def load_decoder(path: Path, decoder: torch.nn.Module, name: str) -> PackagedDecoder:
@@ -336,16 +346,16 @@ def load_decoder(path: Path, decoder: torch.nn.Module, name: str) -> PackagedDec
     as ``verify`` verifies UNet artifacts and checked to be made from ``decoder``, as the decoder ``name``."""
     path = Path(path)
     manifest = _verify_build(path, _DECODER_REQUIRED)
-    _check_source(manifest, decoder, "decoder_fingerprint", "tiny decoder")
-    package = manifest["package"]
-    for key in ("file", "weights"):
-        if package.get(key) not in manifest["files"]:
-            raise ArtifactError(f"package {key} {package.get(key)} has no sha256 in {MANIFEST}")
     try:
-        runner = load_package(path / package["file"], path / package["weights"])
-    except Exception as exc:  # a package the runtime cannot open: say which, keep the cause
-        raise ArtifactError(f"cannot load package {package['file']} with {package['weights']}: {exc}") from exc
-    return PackagedDecoder(name, manifest, runner, decoder.config)
+        package, model = manifest["package"], manifest["model"]
+        files = (package["file"], package["weights"])
+        sizes = [int(n) for n in (*model["image_size"], model["compiled_batch"])]
+        _check_source(manifest, decoder, "decoder_fingerprint", "tiny decoder")
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{path / MANIFEST} does not describe a decoder package (package, model)") from None
+    if len(sizes) != 3 or any(file not in manifest["files"] for file in files):
+        raise ArtifactError(f"{path / MANIFEST}: its package's files, sizes or hashes are missing")
+    return PackagedDecoder(name, manifest, _open_package(path, *files), decoder.config)
 
 
 def load_variant(path: Path, pipe):

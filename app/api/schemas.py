@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 
 from app.engine.schedule import PrecisionSpec, whole_number
 from app.errors import InvalidRequest
+from app.pipeline.types import DECODERS
 
 MAX_SEED = 2**63 - 1
 #: Longest prompt or negative prompt, in characters: far beyond what a text encoder reads
@@ -50,11 +51,11 @@ class GenerationFields(BaseModel):
         "as GET /v1/models lists them for the model; default: its default_scheduler",
     )
     precision: PrecisionSpec | None = None
-    decoder: Literal["full", "tiny", "tiny-int8"] | None = Field(
+    decoder: Literal[DECODERS] | None = Field(
         None,
         description="what turns the latents into pixels: the model's VAE (full) or its tiny decoder (tiny: "
-        "TAESD-style, several times faster, slightly softer; tiny-int8: the same in INT8, faster again, for the "
-        "model's own image size), where GET /v1/models lists it; default: the model's",
+        "TAESD-style, several times faster, slightly softer; tiny-int8: the same in INT8, at SD's sizes half its "
+        "time, for the model's own image size only), where GET /v1/models lists it; default: the model's",
     )
 
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from app.commands.arguments import HelpFormatter, at_least
+from app.pipeline.types import DECODERS
 from app.settings import DEFAULT_MODEL, REPO_ROOT
 
 
@@ -46,7 +47,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--decoder",
-        choices=("full", "tiny", "tiny-int8"),
+        choices=DECODERS,
         default=None,
         help="default: the model's (else the full VAE)",
     )

@@ -8,6 +8,7 @@ import json
 import sys
 
 from app.commands.arguments import HelpFormatter, at_least
+from app.pipeline.types import DECODERS
 from app.settings import DEFAULT_MODEL, model_folder
 
 
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--decoder",
-        choices=("full", "tiny", "tiny-int8"),
+        choices=DECODERS,
         default=None,
         help="the VAE, or the model's tiny decoder (its vae_tiny/), or that decoder in INT8 (its vae_tiny/int8/, "
         "from mixdiff quantize tiny-decoder); default: the model's (else full)",
@@ -138,7 +139,11 @@ def run(args: argparse.Namespace) -> int:
     def on_step(step) -> None:
         print(f"step {step.index:3d}  {step.precision:>6}  {step.seconds:.3f} s", flush=True)
 
-    result = pipeline.generate(params, schedule, on_step)
+    try:
+        result = pipeline.generate(params, schedule, on_step)
+    except MixdiffError as exc:  # a size the chosen precision or decoder was not built for
+        print(f"mixdiff generate: {exc.message}", file=sys.stderr)
+        return 2
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     with open(args.out, "wb") as file:

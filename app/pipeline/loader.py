@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from app.engine.schedule import PrecisionSpec
 from app.pipeline.tiny import build_tiny_pipeline
-from app.pipeline.types import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
+from app.pipeline.types import DECODERS, DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from app.settings import TINY_MODEL, model_folder
 
 log = logging.getLogger(__name__)
@@ -22,9 +22,6 @@ _FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl
 SETTINGS_FILE = "mixdiff.json"
 #: A model folder's optional tiny decoder (TAESD-style), beside its VAE.
 TINY_DECODER = "vae_tiny"
-#: What may turn latents into pixels: the VAE, the tiny decoder where the folder has one, and
-#: that decoder in INT8 where ``mixdiff quantize tiny-decoder`` built it (``vae_tiny/int8/``).
-DECODERS = ("full", "tiny", "tiny-int8")
 
 
 class ModelLoadError(RuntimeError):

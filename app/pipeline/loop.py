@@ -3,14 +3,16 @@
 The text encoders encode in ``text_encoder_precision``; the UNet changes precision step by
 step; the request's decoder, the VAE or the model's tiny decoder, decodes in ``vae_precision``
 (``bf16`` takes a fraction of FP32's time on SD 1.5's VAE: docs/QUANTIZATION.md,
-"Speed"). The initial noise depends on the seed alone, so images from different
-schedules are comparable pixel for pixel.
+"Speed"), and the tiny decoder's INT8 build (``tiny-int8``) in its own. The initial noise
+depends on the seed alone, so images from different schedules are comparable pixel for
+pixel.
 """
 
 from __future__ import annotations
 
 import inspect
 import io
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,9 @@ from app.pipeline.loader import (
 from app.pipeline.schedulers import available, make_scheduler
 from app.pipeline.types import GenerationParams, GenerationResult, StepCallback, StepRecord, UNetVariant
 from app.pipeline.variants import build_variants
+from quantization.runtime import decoder_input
+
+log = logging.getLogger(__name__)
 
 #: What the VAE may decode in, and the text encoders encode in.
 MODULE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -130,9 +135,18 @@ class MixedPrecisionPipeline:
                 set_vae_precision(decoder, vae_precision)
         decoders = {"full": pipe.vae, "tiny": tiny_decoder, "tiny-int8": int8_decoder}
         decoders = {name: decoder for name, decoder in decoders.items() if decoder is not None}
+        if defaults["decoder"] == "tiny-int8" and tiny_decoder is not None:
+            if int8_decoder is None:  # refused (the log says why): the same decoder in its own precision
+                log.warning("%s/mixdiff.json: default decoder tiny-int8 unavailable; tiny instead", path)
+                defaults = {**defaults, "decoder": "tiny"}
+            elif sizes != [int8_decoder.image_size[0]] or int8_decoder.image_size[0] != int8_decoder.image_size[1]:
+                raise ModelLoadError(
+                    f"{path}/mixdiff.json: the default decoder tiny-int8 decodes {int8_decoder.image_size[1]}x"
+                    f"{int8_decoder.image_size[0]} images only, so the model's sizes must be "
+                    f"[{int8_decoder.image_size[0]}]; got {sizes}"
+                )
         if defaults["decoder"] not in decoders:
-            needs = "a vae_tiny/" if defaults["decoder"] == "tiny" else "a vae_tiny/int8/ that loads (see the log)"
-            raise ModelLoadError(f"{path}/mixdiff.json: its default decoder {defaults['decoder']!r} needs {needs}")
+            raise ModelLoadError(f"{path}/mixdiff.json: its default decoder {defaults['decoder']!r} needs a vae_tiny/")
         if defaults["scheduler"] not in available(pipe.scheduler.config):
             raise ModelLoadError(
                 f"{path}/mixdiff.json: scheduler {defaults['scheduler']!r} cannot sample this model; "
@@ -201,12 +215,12 @@ class MixedPrecisionPipeline:
                 f"decoder {params.decoder!r} is not offered for this model; it has: {', '.join(self.decoders)}",
                 param="decoder",
             )
-        supports = getattr(self.decoders[params.decoder], "supports", None)  # a compiled decoder's fixed size
-        scale = pipe.vae_scale_factor
-        if supports is not None and not supports(height // scale, width // scale):
+        decoder = self.decoders[params.decoder]
+        if hasattr(decoder, "supports") and not decoder.supports(height, width):  # a compiled decoder's one size
+            built_h, built_w = decoder.image_size
             raise InvalidRequest(
-                f"decoder {params.decoder!r} was built for {self.info.default_size}x{self.info.default_size} images, "
-                f"not {width}x{height}: ask for that size or another decoder",
+                f"decoder {params.decoder!r} was built for {built_w}x{built_h} images, not {width}x{height}: "
+                "ask for that size or another decoder",
                 param="decoder",
             )
         warnings = self._prompt_warnings(params)
@@ -318,9 +332,7 @@ class MixedPrecisionPipeline:
 
     def _decode(self, latents: torch.Tensor, decoder: str) -> list[bytes]:
         vae = self.decoders[decoder]
-        latents = latents / vae.config.scaling_factor
-        if getattr(vae.config, "shift_factor", None):
-            latents = latents + vae.config.shift_factor
+        latents = decoder_input(latents, vae.config)
         pixels = vae.decode(latents.to(vae.dtype), return_dict=False)[0].float()
         pngs = []
         for image in self.pipe.image_processor.postprocess(pixels, output_type="pil"):

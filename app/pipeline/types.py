@@ -10,6 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+#: What may turn latents into pixels: the VAE ("full"), the model's tiny decoder ("tiny", its
+#: ``vae_tiny/``) and that decoder in INT8 ("tiny-int8", its ``vae_tiny/int8/`` from ``mixdiff
+#: quantize tiny-decoder``); a model offers those its folder has.
+DECODERS = ("full", "tiny", "tiny-int8")
 #: What a request that names neither gets, unless the model folder's ``mixdiff.json`` says otherwise.
 DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE_SCALE = 7.5
@@ -26,7 +30,7 @@ class GenerationParams:
     seed: int = 0
     n: int = 1
     scheduler: str = "ddim"
-    decoder: str = "full"  # "full": the VAE; "tiny": the model's tiny decoder
+    decoder: str = "full"  # one of DECODERS
 
 
 @dataclass(frozen=True)
