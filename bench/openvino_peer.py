@@ -55,19 +55,33 @@ def _config() -> dict:
     }
 
 
-def bf16_call(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[Callable[[], torch.Tensor], float]:
-    """``module`` (a text encoder, a decoder) converted by ``openvino.convert_model`` and compiled as
-    ``openvino-bf16`` is: a no-argument callable running it on ``example`` (returning its first output
-    as a torch tensor), and the seconds converting and compiling took."""
+def _compiled_call(
+    module: torch.nn.Module, example: tuple[torch.Tensor, ...], calibration: list[torch.Tensor] | None = None
+) -> tuple[Callable[[], torch.Tensor], float]:
+    """``module`` converted by ``openvino.convert_model``, quantized by NNCF (its defaults, calibrated on
+    ``calibration``, tensors of its one input) where given, and compiled as ``openvino-bf16`` is: a
+    no-argument callable running it on ``example`` (returning its first output as a torch tensor), and
+    the seconds building it took."""
     import openvino as ov
 
     start = time.perf_counter()
     with torch.no_grad():
         model = ov.convert_model(module, example_input=example)
+    if calibration is not None:
+        import nncf
+
+        dataset = nncf.Dataset(calibration, lambda tensor: [tensor.numpy()])
+        model = nncf.quantize(model, dataset, subset_size=len(calibration))
     compiled = ov.Core().compile_model(model, "CPU", _config())
     args = [t.numpy() for t in example]
     compiled(args)  # the first inference allocates
     return lambda: torch.from_numpy(compiled(args)[0].copy()), time.perf_counter() - start
+
+
+def bf16_call(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[Callable[[], torch.Tensor], float]:
+    """``module`` (a text encoder, a decoder) converted and compiled as ``openvino-bf16`` is: a
+    no-argument callable running it on ``example``, and the seconds converting and compiling took."""
+    return _compiled_call(module, example)
 
 
 def int8_call(
@@ -76,18 +90,7 @@ def int8_call(
     """``module`` of one tensor (a decoder) converted, quantized by NNCF (its defaults, calibrated on
     ``calibration``) and compiled as ``bf16_call`` compiles: a no-argument callable running it on
     ``example``, and the seconds building it took."""
-    import nncf
-    import openvino as ov
-
-    start = time.perf_counter()
-    with torch.no_grad():
-        model = ov.convert_model(module, example_input=(example,))
-    dataset = nncf.Dataset(calibration, lambda latents: [latents.numpy()])
-    quantized = nncf.quantize(model, dataset, subset_size=len(calibration))
-    compiled = ov.Core().compile_model(quantized, "CPU", _config())
-    args = [example.numpy()]
-    compiled(args)  # the first inference allocates
-    return lambda: torch.from_numpy(compiled(args)[0].copy()), time.perf_counter() - start
+    return _compiled_call(module, (example,), calibration)
 
 
 def _numpy(inputs: UNetInputs) -> list:
