@@ -359,7 +359,6 @@ def run_tiny_decoder(args: argparse.Namespace) -> int:
         defaults = generation_defaults(model)
         prompts = _prompts(args)
         pipe, _, _ = load_diffusers_pipeline(str(model))
-        pipe.set_progress_bar_config(disable=True)
         steps = defaults["steps"] if args.steps is None else args.steps
         guidance = defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
         logging.getLogger(__name__).info("%d FP32 runs of %d steps for the calibration latents", len(prompts), steps)
