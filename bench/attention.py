@@ -1,15 +1,16 @@
 """mixdiff's fused attention against ATen's SDPA, at the attention sizes of SD 1.5 at 512x512.
 
-    python bench/attention.py [--rounds 7]
+    python bench/attention.py [--rounds 7] [--error-sources]
 
 Times, interleaved round after round (median), ``scaled_dot_product_attention`` in BF16
 (what diffusers' processor runs), ``mixdiff.attention`` (BF16) and
-``mixdiff.int8_attention`` (q·kᵀ in INT8) on each self- and cross-attention shape of
+``mixdiff.int8_attention`` (both products in INT8) on each self- and cross-attention shape of
 SD 1.5's UNet (CFG batch 2, 8 heads, 77 text tokens), with the number of such layers
 in one UNet step, and each one's relative L2 error against FP32 SDPA over the same
 BF16 inputs. Inputs are random normal, keys with an offset (as real keys have, and
 which INT8 scores must survive). The last rows add the layers up: attention's time
-in one UNet step.
+in one UNet step. ``--error-sources`` then splits ``mixdiff.int8_attention``'s error at
+SD 1.5's largest attention into its roundings, each simulated alone in FP32.
 """
 
 from __future__ import annotations
@@ -47,9 +48,43 @@ def shape(tokens: int, keys: int, head_dim: int, rounds: int) -> dict:
     return against_reference(calls, F.scaled_dot_product_attention(q.float(), k.float(), v.float()), rounds)
 
 
+def error_sources(tokens: int = 4096, head_dim: int = 40, block: int = 64) -> dict[str, float]:
+    """Relative L2 error against FP32 attention of each rounding of the INT8 kernel alone,
+    simulated in FP32 on the benchmark's inputs: the values per channel (centred, int8), the
+    probabilities per block of ``block`` keys (u8, the block's largest at 255), both, and the
+    probabilities at one scale per row instead."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(BATCH, tokens, HEADS, head_dim, generator=g).transpose(1, 2).bfloat16().float()
+    k = (torch.randn(BATCH, tokens, HEADS, head_dim, generator=g) + 0.5).transpose(1, 2).bfloat16().float()
+    v = torch.randn(BATCH, tokens, HEADS, head_dim, generator=g).transpose(1, 2).bfloat16().float()
+    scores = q @ k.transpose(-1, -2) * head_dim**-0.5
+    probs = torch.exp(scores - scores.amax(-1, keepdim=True))
+    reference = probs @ v / probs.sum(-1, keepdim=True)
+
+    def u8(p: torch.Tensor, width: int) -> torch.Tensor:
+        blocks = p.unflatten(-1, (-1, width))
+        top = blocks.amax(-1, keepdim=True)
+        return ((blocks / top * 255).round() * top / 255).flatten(-2)
+
+    mean = v.mean(-2, keepdim=True)
+    step = (v - mean).abs().amax(-2, keepdim=True) / 127
+    v8 = ((v - mean) / step).round() * step + mean
+    cases = {
+        "values int8 per channel": (probs, v8),
+        f"probabilities u8 per {block} keys": (u8(probs, block), v),
+        "both (the kernel's)": (u8(probs, block), v8),
+        "probabilities u8 per row": (u8(probs, tokens), v),
+    }
+    return {
+        name: float(((p @ vv / p.sum(-1, keepdim=True)) - reference).norm() / reference.norm())
+        for name, (p, vv) in cases.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--error-sources", action="store_true", help="split the INT8 kernel's error by rounding")
     args = parser.parse_args()
     kernels.load()
     print(f"AVX-512 BF16 kernels: {torch.ops.mixdiff.accelerated()}, {torch.get_num_threads()} threads")
@@ -70,6 +105,11 @@ def main() -> None:
                 total[name] += layers * r["ms"]
     cells = " | ".join(f"{t:.0f} ({t / total['sdpa']:.2f}x)" for t in total.values())
     print(f"| one UNet step | {cells} |")
+    if args.error_sources:
+        print()
+        print("mixdiff.int8_attention's roundings alone, 4096 x 4096 keys, head_dim 40 (rel. L2 vs fp32):")
+        for name, error in error_sources().items():
+            print(f"  {name}: {error:.1e}")
 
 
 if __name__ == "__main__":

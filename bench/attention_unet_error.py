@@ -49,7 +49,7 @@ def main() -> None:
     processors = {
         "sdpa": AttnProcessor2_0(),
         "mixdiff.attention": FusedAttnProcessor(),
-        "mixdiff.int8_attention": FusedAttnProcessor(int8_scores=True),
+        "mixdiff.int8_attention": FusedAttnProcessor(int8_attention=True),
     }
     print(f"{len(inputs)} UNet inputs ({args.prompts} prompts x {args.steps} steps); BF16 UNet vs FP32, rel. MSE:")
     for upsample in (1, 2):

@@ -150,7 +150,7 @@ def int8_graph(unet, inputs: UNetInputs, quantizer=None) -> torch.fx.GraphModule
 def bf16_graph(unet, inputs: UNetInputs) -> torch.fx.GraphModule:
     """``unet`` as ``mixdiff quantize bf16`` compiles it, exported for the batch of ``inputs``, ready for
     ``build_package``."""
-    return BF16Config().quantize(export_unet(unet, inputs, inputs.batch, int8_scores=False), [], [], None)
+    return BF16Config().quantize(export_unet(unet, inputs, inputs.batch, int8_attention=False), [], [], None)
 
 
 def build_steps(

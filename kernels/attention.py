@@ -2,8 +2,9 @@
 
 ``mixdiff.attention(q, k, v, scale)`` is ``scaled_dot_product_attention`` without mask
 or dropout, for ``[batch, heads, tokens, head_dim]`` tensors; ``mixdiff.int8_attention``
-the same with q·kᵀ computed in INT8 where there are 512 keys or more (SageAttention's
-way: keys centred, both sides quantized per token). In BF16 on a CPU with AVX-512 BF16 and VNNI they run
+the same with both products in INT8 where there are 512 keys or more (q·kᵀ SageAttention's
+way: keys centred, both sides quantized per token; the probabilities u8 at one scale per
+block of 64 keys, the values per channel). In BF16 on a CPU with AVX-512 BF16 and VNNI they run
 ``csrc/attention.cpp``, otherwise ATen's SDPA. Both have a fake (meta) rule, so
 ``torch.compile`` and ``torch.export`` take each as one opaque op (AOTInductor packages
 call them by name: the process that loads one must ``load()`` first), an autocast
@@ -39,14 +40,14 @@ def _plain(attn: Attention) -> bool:
 
 class FusedAttnProcessor:
     """diffusers' ``AttnProcessor2_0`` with its SDPA call replaced by ``mixdiff.attention``
-    (``mixdiff.int8_attention`` with ``int8_scores``).
+    (``mixdiff.int8_attention`` with ``int8_attention``).
 
     Attention modules with masks, norms or residuals inside keep ``AttnProcessor2_0``.
     """
 
-    def __init__(self, int8_scores: bool = False):
+    def __init__(self, int8_attention: bool = False):
         load()
-        self.op = torch.ops.mixdiff.int8_attention if int8_scores else torch.ops.mixdiff.attention
+        self.op = torch.ops.mixdiff.int8_attention if int8_attention else torch.ops.mixdiff.attention
         self.fallback = AttnProcessor2_0()
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):

@@ -225,7 +225,7 @@ def build_from_inputs(
 
     # 2. the FP32 graph every quantization starts from
     start = time.perf_counter()
-    graph = export_unet(unet, calib[0], context.batch, int8_scores=method.int8_scores)
+    graph = export_unet(unet, calib[0], context.batch, int8_attention=method.int8_attention)
     seconds["export"] = time.perf_counter() - start
 
     # 3. fallback layers: none, the given ones, or the worst of a one-block-at-a-time scan

@@ -37,14 +37,14 @@ def example_args(example: UNetInputs, batch: int = BATCH) -> tuple[torch.Tensor,
 
 
 def export_unet(
-    unet: torch.nn.Module, example: UNetInputs, batch: int = BATCH, *, int8_scores: bool = True
+    unet: torch.nn.Module, example: UNetInputs, batch: int = BATCH, *, int8_attention: bool = True
 ) -> torch.fx.GraphModule:
     """The FP32 UNet as an exported graph module for a batch of ``batch``, ready for ``prepare_pt2e``; its
     attention is ``mixdiff.int8_attention`` (SDPA in FP32, the fused kernel once autocast makes it BF16),
-    or without ``int8_scores`` ``mixdiff.attention``, q·kᵀ in BF16 too."""
+    or without ``int8_attention`` ``mixdiff.attention``, all BF16."""
     graph = UNetGraph(unet).eval()
     processors = unet.attn_processors
-    unet.set_attn_processor(FusedAttnProcessor(int8_scores=int8_scores))  # builds the kernels, or raises why not
+    unet.set_attn_processor(FusedAttnProcessor(int8_attention=int8_attention))  # builds the kernels, or raises why not
     try:
         with torch.no_grad():
             return torch.export.export(graph, example_args(example, batch)).module()

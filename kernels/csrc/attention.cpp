@@ -12,12 +12,15 @@
 // ROWS x keys, in L2), an exact softmax (max, exponentials, sum) and the product with
 // v, all in registers and L2.
 //
-// Two ops: `attention` computes q k^T in BF16; `int8_attention` in INT8 (for 512 keys or
-// more), as SageAttention does: keys centred on their mean over tokens (which shifts
-// every score of a query row alike, so the softmax is unchanged) and both sides
-// quantized per token, symmetric. The softmax and the product with v are BF16 in both. Without AVX-512
-// BF16 and VNNI at run time, or for other dtypes, both compute ATen's
-// scaled_dot_product_attention.
+// Two ops: `attention` computes both products in BF16; `int8_attention` both in INT8
+// (for 512 keys or more). q k^T as SageAttention does: keys centred on their mean over
+// tokens (which shifts every score of a query row alike, so the softmax is unchanged)
+// and both sides quantized per token, symmetric. P v: the exponentials (FP32) rounded to
+// u8 with one scale per block of PV_BLOCK keys, so that small probabilities far from the
+// row's largest keep their precision; values centred on their mean over tokens and
+// quantized per channel, symmetric; each block's int32 sums added in FP32 at its scale,
+// and the row divided by the sum of its rounded probabilities. Without AVX-512 BF16 and
+// VNNI at run time, or for other dtypes, both compute ATen's scaled_dot_product_attention.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -36,13 +39,27 @@ namespace {
 
 constexpr int64_t ROWS = 8;       // query rows per task and per micro-kernel
 constexpr int64_t KEY_TILE = 32;  // keys per score micro-kernel: two 16-lane vectors
+constexpr int64_t PV_BLOCK = 64;  // keys per scale of the u8 probabilities (INT8 P.V)
 
 AVX512_BF16 inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
 
+// acc + u8 x s8, four products per int32 lane (vpdpbusd). As inline assembly: with GCC
+// 12's intrinsic the compiler copies accumulators around every product and spills some
+// to the stack, which cost the INT8 products much of their rate (bench/attention.py).
+AVX512_BF16 inline __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "vm"(s8));
+  return acc;
+}
+AVX512_BF16 inline __m256i dpbusd(__m256i acc, __m256i u8, __m256i s8) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "vm"(s8));
+  return acc;
+}
+
 // Packed layouts, zeros where padded: the packers write into zeroed buffers (PackedKV's)
 // and leave the padding as they find it. BF16 key: [dim2 / 2][keys][2]; INT8 key:
-// [dim4 / 4][keys][4] with a scale and -128 * (sum of its int8 values) per key; value:
-// [keys / 2][cols][2].
+// [dim4 / 4][keys][4] with a scale and -128 * (sum of its int8 values) per key; BF16
+// value: [keys / 2][cols][2]; INT8 value: [keys / 4][cols][4] with a scale and a mean
+// per column. INT8 pads the keys to whole blocks of PV_BLOCK.
 struct Packed {
   int64_t dim2;   // head_dim rounded up to 2
   int64_t dim4;   // head_dim rounded up to 4
@@ -51,6 +68,7 @@ struct Packed {
   int64_t key_size() const { return dim2 * keys; }
   int64_t key8_size() const { return dim4 * keys; }
   int64_t value_size() const { return keys * cols; }
+  int64_t blocks() const { return keys / PV_BLOCK; }
 };
 
 void pack_key(const at::BFloat16* k, int64_t stride, int64_t n, int64_t d, const Packed& p, uint16_t* out) {
@@ -99,6 +117,44 @@ void pack_value(const at::BFloat16* v, int64_t stride, int64_t n, int64_t d, con
     const uint16_t* row = reinterpret_cast<const uint16_t*>(v + j * stride);
     uint16_t* dst = out + (j / 2) * p.cols * 2 + (j & 1);
     for (int64_t c = 0; c < d; ++c) dst[c * 2] = row[c];
+  }
+}
+
+// Values centred on their mean over the n tokens per column, then int8 per column,
+// symmetric, in the layout vpdpbusd multiplies: [keys / 4][cols][4].
+AVX512_BF16 void pack_value_int8(const at::BFloat16* v, int64_t stride, int64_t n, int64_t d, const Packed& p,
+                                 int8_t* out, float* scales, float* means) {
+  const uint16_t* values = reinterpret_cast<const uint16_t*>(v);
+  for (int64_t c = 0; c < d; c += 16) {
+    const __mmask16 m = first(d - c);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) sum = _mm512_add_ps(sum, bf16_to_ps(m, values + j * stride + c));
+    const __m512 mean = _mm512_div_ps(sum, _mm512_set1_ps(static_cast<float>(n)));
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j)
+      amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_maskz_sub_ps(m, bf16_to_ps(m, values + j * stride + c), mean)));
+    const __m512 inv = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ),
+                                           _mm512_set1_ps(127.0f), amax);
+    _mm512_mask_storeu_ps(scales + c, m, _mm512_div_ps(amax, _mm512_set1_ps(127.0f)));
+    _mm512_mask_storeu_ps(means + c, m, mean);
+    for (int64_t j = 0; j < n; j += 4) {  // four tokens' 16 columns, interleaved into [column][4]
+      __m128i rows[4];
+      for (int t = 0; t < 4; ++t) {
+        if (j + t >= n) {
+          rows[t] = _mm_setzero_si128();
+          continue;
+        }
+        const __m512 x = _mm512_maskz_sub_ps(m, bf16_to_ps(m, values + (j + t) * stride + c), mean);
+        rows[t] = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(x, inv)));
+      }
+      const __m128i ab0 = _mm_unpacklo_epi8(rows[0], rows[1]), ab1 = _mm_unpackhi_epi8(rows[0], rows[1]);
+      const __m128i cd0 = _mm_unpacklo_epi8(rows[2], rows[3]), cd1 = _mm_unpackhi_epi8(rows[2], rows[3]);
+      const __m128i quads[4] = {_mm_unpacklo_epi16(ab0, cd0), _mm_unpackhi_epi16(ab0, cd0),
+                                _mm_unpacklo_epi16(ab1, cd1), _mm_unpackhi_epi16(ab1, cd1)};
+      int8_t* dst = out + ((j / 4) * p.cols + c) * 4;
+      for (int64_t g = 0; g < 4 && c + g * 4 < p.cols; ++g)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + g * 16), quads[g]);
+    }
   }
 }
 
@@ -153,8 +209,8 @@ AVX512_BF16 void scores_kernel_int8(const uint8_t* q, const int8_t* key, const f
         int32_t quad;
         std::memcpy(&quad, q + r * p.dim4 + c * 4, sizeof(quad));
         __m512i qb = _mm512_set1_epi32(quad);
-        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], qb, k0);
-        acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], qb, k1);
+        acc[r][0] = dpbusd(acc[r][0], qb, k0);
+        acc[r][1] = dpbusd(acc[r][1], qb, k1);
       }
     }
     const __m512 ks0 = _mm512_loadu_ps(k_scales + j), ks1 = _mm512_loadu_ps(k_scales + j + 16);
@@ -195,6 +251,113 @@ AVX512_BF16 void softmax_rows(const float* scores, const float* row_max, int64_t
   }
 }
 
+// One block of PV_BLOCK keys of one row for softmax_rows_u8: exp((score - max) * scale)
+// as u8 at the block's scale (its largest is 255), which goes to *block_scale; the
+// rounded probabilities, at that scale, are added to sum.
+AVX512_BF16 inline void softmax_block_u8(const float* s, __m512 vscale, __m512 shift, int64_t valid, uint8_t* out,
+                                         float* block_scale, __m512& sum) {
+  constexpr int V = PV_BLOCK / 16;
+  __m512 e[V];
+  __m512 top = _mm512_setzero_ps();
+  for (int i = 0; i < V; ++i) {
+    e[i] = exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + i * 16), vscale, shift));
+    if (valid < PV_BLOCK) e[i] = _mm512_maskz_mov_ps(first(valid - i * 16), e[i]);  // zeros past the last key
+    top = _mm512_max_ps(top, e[i]);
+  }
+  // The block's largest in every lane, kept in registers: no scalar reduction or division.
+  top = _mm512_max_ps(top, _mm512_shuffle_f32x4(top, top, 0x4e));
+  top = _mm512_max_ps(top, _mm512_shuffle_f32x4(top, top, 0xb1));
+  top = _mm512_max_ps(top, _mm512_permute_ps(top, 0x4e));
+  top = _mm512_max_ps(top, _mm512_permute_ps(top, 0xb1));
+  const __m512 inv = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(top, _mm512_setzero_ps(), _CMP_GT_OQ),
+                                         _mm512_set1_ps(255.0f), _mm512_rcp14_ps(top));
+  __m512i count = _mm512_setzero_si512();
+  for (int i = 0; i < V; ++i) {
+    const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(e[i], inv));
+    count = _mm512_add_epi32(count, q);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i * 16), _mm512_cvtusepi32_epi8(q));
+  }
+  const __m512 bs = _mm512_mul_ps(top, _mm512_set1_ps(1.0f / 255.0f));
+  *block_scale = _mm512_cvtss_f32(bs);
+  sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(count), bs, sum);
+}
+
+// As softmax_rows, but the probabilities as u8 with one scale per block of PV_BLOCK keys:
+// block_scales[block][ROWS]. The sums are those of the rounded probabilities, so the
+// weights that reach the values add up to one. Two rows at a time, whose blocks'
+// dependency chains (largest, its reciprocal, the rounding) then overlap.
+AVX512_BF16 void softmax_rows_u8(const float* scores, const float* row_max, int64_t n, const Packed& p,
+                                 const float* scale, uint8_t* probs, float* block_scales, float* sums) {
+  static_assert(ROWS % 2 == 0, "rows go in pairs");
+  const int64_t blocks = p.blocks();
+  for (int r = 0; r < ROWS; r += 2) {
+    __m512 vscale[2], shift[2], vsum[2];
+    for (int i = 0; i < 2; ++i) {
+      vscale[i] = _mm512_set1_ps(scale[r + i] * 1.44269504088896341f);  // exp(x) = 2^(x log2(e))
+      shift[i] = _mm512_mul_ps(_mm512_set1_ps(row_max[r + i]), vscale[i]);
+      vsum[i] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t j0 = b * PV_BLOCK;
+      for (int i = 0; i < 2; ++i)
+        softmax_block_u8(scores + (r + i) * p.keys + j0, vscale[i], shift[i], n - j0, probs + (r + i) * p.keys + j0,
+                         block_scales + b * ROWS + r + i, vsum[i]);
+    }
+    for (int i = 0; i < 2; ++i) sums[r + i] = _mm512_reduce_add_ps(vsum[i]);
+  }
+}
+
+// acc[ROWS][cols c0 .. c0 + 16 * TILES (+ 8 with HALF)) += (u8 probs . int8 value) * scale[r]
+// over the keys of one block of PV_BLOCK, summed in int32. Not inlined: on its own, GCC
+// keeps the accumulators in registers, as in value_kernel.
+template <int TILES, bool HALF>
+AVX512_BF16 __attribute__((noinline)) void value_block_int8(const uint8_t* probs, const int8_t* value,
+                                                            const float* scale, const Packed& p, int64_t c0,
+                                                            float* acc_out) {
+  constexpr int T = TILES > 0 ? TILES : 1;
+  __m512i acc[ROWS][T];
+  __m256i half[ROWS];
+  for (int r = 0; r < ROWS; ++r) {
+    for (int t = 0; t < TILES; ++t) acc[r][t] = _mm512_setzero_si512();
+    half[r] = _mm256_setzero_si256();
+  }
+  for (int64_t j = 0; j < PV_BLOCK; j += 4) {
+    const int8_t* v = value + ((j / 4) * p.cols + c0) * 4;
+    __m512i vt[T];
+    for (int t = 0; t < TILES; ++t) vt[t] = _mm512_loadu_si512(v + t * 64);
+    __m256i vh;
+    if (HALF) vh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + TILES * 64));
+    for (int r = 0; r < ROWS; ++r) {
+      int32_t quad;
+      std::memcpy(&quad, probs + r * p.keys + j, sizeof(quad));
+      const __m512i pq = _mm512_set1_epi32(quad);  // its low half serves the 256-bit product: one broadcast
+      for (int t = 0; t < TILES; ++t) acc[r][t] = dpbusd(acc[r][t], pq, vt[t]);
+      if (HALF) half[r] = dpbusd(half[r], _mm512_castsi512_si256(pq), vh);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    const __m512 s = _mm512_set1_ps(scale[r]);
+    float* o = acc_out + r * p.cols + c0;
+    for (int t = 0; t < TILES; ++t)
+      _mm512_storeu_ps(o + t * 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][t]), s, _mm512_loadu_ps(o + t * 16)));
+    if (HALF)
+      _mm256_storeu_ps(o + TILES * 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(half[r]), _mm512_castps512_ps256(s),
+                                                       _mm256_loadu_ps(o + TILES * 16)));
+  }
+}
+
+// acc[ROWS][cols c0 .. c0 + 16 * TILES (+ 8 with HALF)) = u8 probs . int8 value, block by
+// block at each block's scale (block_scales[block][ROWS]).
+template <int TILES, bool HALF>
+AVX512_BF16 void value_kernel_int8(const uint8_t* probs, const int8_t* value, const float* block_scales,
+                                   const Packed& p, int64_t c0, float* acc_out) {
+  const int64_t width = TILES * 16 + (HALF ? 8 : 0);
+  for (int r = 0; r < ROWS; ++r) std::fill(acc_out + r * p.cols + c0, acc_out + r * p.cols + c0 + width, 0.0f);
+  for (int64_t b = 0; b < p.blocks(); ++b)
+    value_block_int8<TILES, HALF>(probs + b * PV_BLOCK, value + b * PV_BLOCK * p.cols, block_scales + b * ROWS, p, c0,
+                                  acc_out);
+}
+
 // out[ROWS][cols c0 .. c0 + 16 * TILES (+ 8 with HALF)) = probs[ROWS][keys] . value, divided
 // by the row sums. HALF: eight more columns in a 256-bit register (head_dim 40 = 2.5 x 16).
 template <int TILES, bool HALF>
@@ -216,8 +379,9 @@ AVX512_BF16 void value_kernel(const uint16_t* probs, const uint16_t* value, cons
     for (int r = 0; r < ROWS; ++r) {
       int32_t pair;
       std::memcpy(&pair, probs + r * p.keys + j, sizeof(pair));
-      for (int t = 0; t < TILES; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], as_bh(_mm512_set1_epi32(pair)), vt[t]);
-      if (HALF) half[r] = _mm256_dpbf16_ps(half[r], (__m256bh)_mm256_set1_epi32(pair), vh);
+      const __m512i pp = _mm512_set1_epi32(pair);  // its low half serves the 256-bit product: one broadcast
+      for (int t = 0; t < TILES; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], as_bh(pp), vt[t]);
+      if (HALF) half[r] = _mm256_dpbf16_ps(half[r], (__m256bh)_mm512_castsi512_si256(pp), vh);
     }
   }
   for (int r = 0; r < ROWS; ++r) {
@@ -231,35 +395,42 @@ AVX512_BF16 void value_kernel(const uint16_t* probs, const uint16_t* value, cons
 struct PackedKV {
   Packed p;
   bool int8;
-  std::vector<uint16_t> key, value;  // BF16 keys (int8 false), values
-  std::vector<int8_t> key8;          // INT8 keys (int8 true), their scales and sums
-  std::vector<float> key_scales;
+  std::vector<uint16_t> key, value;  // BF16 keys and values (int8 false)
+  std::vector<int8_t> key8, value8;  // INT8 keys and values (int8 true), their scales, sums and means
+  std::vector<float> key_scales, value_scales, value_means;
   std::vector<int32_t> key_sums;
 
-  PackedKV(const at::Tensor& k, const at::Tensor& v, bool int8_keys)
-      : p{round_up(k.size(3), 2), round_up(k.size(3), 4), round_up(k.size(2), KEY_TILE), round_up(k.size(3), 8)},
-        int8(int8_keys) {
+  PackedKV(const at::Tensor& k, const at::Tensor& v, bool int8_)
+      : p{round_up(k.size(3), 2), round_up(k.size(3), 4), round_up(k.size(2), int8_ ? PV_BLOCK : KEY_TILE),
+          round_up(k.size(3), 8)},
+        int8(int8_) {
     const int64_t heads = k.size(1), pairs = k.size(0) * heads, n = k.size(2), d = k.size(3);
-    value.resize(pairs * p.value_size());
     if (int8) {
       key8.resize(pairs * p.key8_size());
       key_scales.resize(pairs * p.keys);
       key_sums.resize(pairs * p.keys);
+      value8.resize(pairs * p.value_size());
+      value_scales.resize(pairs * p.cols);
+      value_means.resize(pairs * p.cols);
     } else {
       key.resize(pairs * p.key_size());
+      value.resize(pairs * p.value_size());
     }
     const auto* kp = k.const_data_ptr<at::BFloat16>();
     const auto* vp = v.const_data_ptr<at::BFloat16>();
     at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bh = begin; bh < end; ++bh) {
         const at::BFloat16* kr = kp + (bh / heads) * k.stride(0) + (bh % heads) * k.stride(1);
-        if (int8)
+        const at::BFloat16* vr = vp + (bh / heads) * v.stride(0) + (bh % heads) * v.stride(1);
+        if (int8) {
           pack_key_int8(kr, k.stride(2), n, d, p, key8.data() + bh * p.key8_size(), key_scales.data() + bh * p.keys,
                         key_sums.data() + bh * p.keys);
-        else
+          pack_value_int8(vr, v.stride(2), n, d, p, value8.data() + bh * p.value_size(),
+                          value_scales.data() + bh * p.cols, value_means.data() + bh * p.cols);
+        } else {
           pack_key(kr, k.stride(2), n, d, p, key.data() + bh * p.key_size());
-        pack_value(vp + (bh / heads) * v.stride(0) + (bh % heads) * v.stride(1), v.stride(2), n, d, p,
-                   value.data() + bh * p.value_size());
+          pack_value(vr, v.stride(2), n, d, p, value.data() + bh * p.value_size());
+        }
       }
     });
   }
@@ -277,11 +448,13 @@ struct Job {
 
 struct Scratch {
   explicit Scratch(const Packed& p)
-      : qblock(ROWS * p.dim2), qblock8(ROWS * p.dim4), probs(ROWS * p.keys), scores(ROWS * p.keys),
-        result(ROWS * p.cols) {}
+      : qblock(ROWS * p.dim2), qblock8(ROWS * p.dim4), probs(ROWS * p.keys), probs8(ROWS * p.keys),
+        block_scales(ROWS * (p.keys / PV_BLOCK)), scores(ROWS * p.keys), result(ROWS * p.cols) {}
   std::vector<uint16_t> qblock;
   std::vector<uint8_t> qblock8;
   std::vector<uint16_t> probs;
+  std::vector<uint8_t> probs8;
+  std::vector<float> block_scales;
   std::vector<float> scores, result;
   float row_scale[ROWS], row_max[ROWS];  // each row's scores are scores * row_scale, their largest row_max
 };
@@ -321,13 +494,10 @@ AVX512_BF16 void block_scores(const Job& job, int64_t bh, const at::BFloat16* q,
                      s.row_max);
 }
 
-AVX512_BF16 void attend(const Job& job, int64_t task, Scratch& s) {
+// The block's probabilities times the values into s.result: BF16, divided by the row sums.
+AVX512_BF16 void values_bf16(const Job& job, int64_t bh, Scratch& s) {
   const Packed& p = job.kv.p;
-  const int64_t bh = task / job.blocks, row0 = (task % job.blocks) * ROWS;
-  const int64_t b = bh / job.heads, h = bh % job.heads, rows = std::min(ROWS, job.nq - row0), d = job.d;
   const uint16_t* value = job.kv.value.data() + bh * p.value_size();
-  block_scores(job, bh, job.q + b * job.q_stride[0] + h * job.q_stride[1] + row0 * job.q_stride[2], rows, s);
-
   float sums[ROWS], inv[ROWS];
   softmax_rows(s.scores.data(), s.row_max, job.nk, p, s.row_scale, s.probs.data(), sums);
   for (int r = 0; r < ROWS; ++r) inv[r] = 1.0f / sums[r];
@@ -342,6 +512,50 @@ AVX512_BF16 void attend(const Job& job, int64_t task, Scratch& s) {
     case 32: value_kernel<2, false>(probs, value, p, c0, inv, result); break;
     case 40: value_kernel<2, true>(probs, value, p, c0, inv, result); break;
   }
+}
+
+// The same with u8 probabilities and int8 values: s.result = (probs . value8) * value scale / row sum + value mean.
+AVX512_BF16 void values_int8(const Job& job, int64_t bh, Scratch& s) {
+  const PackedKV& kv = job.kv;
+  const Packed& p = kv.p;
+  const int8_t* value = kv.value8.data() + bh * p.value_size();
+  float sums[ROWS];
+  softmax_rows_u8(s.scores.data(), s.row_max, job.nk, p, s.row_scale, s.probs8.data(), s.block_scales.data(), sums);
+  const uint8_t* probs = s.probs8.data();
+  const float* bs = s.block_scales.data();
+  float* result = s.result.data();
+  int64_t c0 = 0;
+  for (; p.cols - c0 >= 48; c0 += 48) value_kernel_int8<3, false>(probs, value, bs, p, c0, result);
+  switch (p.cols - c0) {  // a multiple of 8
+    case 8: value_kernel_int8<0, true>(probs, value, bs, p, c0, result); break;
+    case 16: value_kernel_int8<1, false>(probs, value, bs, p, c0, result); break;
+    case 24: value_kernel_int8<1, true>(probs, value, bs, p, c0, result); break;
+    case 32: value_kernel_int8<2, false>(probs, value, bs, p, c0, result); break;
+    case 40: value_kernel_int8<2, true>(probs, value, bs, p, c0, result); break;
+  }
+  const float* scales = kv.value_scales.data() + bh * p.cols;
+  const float* means = kv.value_means.data() + bh * p.cols;
+  for (int r = 0; r < ROWS; ++r) {
+    const __m512 inv = _mm512_set1_ps(sums[r] > 0.0f ? 1.0f / sums[r] : 0.0f);
+    for (int64_t c = 0; c < p.cols; c += 16) {
+      const __mmask16 m = first(p.cols - c);
+      float* x = result + r * p.cols + c;
+      _mm512_mask_storeu_ps(x, m, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x),
+                                                  _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scales + c), inv),
+                                                  _mm512_maskz_loadu_ps(m, means + c)));
+    }
+  }
+}
+
+AVX512_BF16 void attend(const Job& job, int64_t task, Scratch& s) {
+  const Packed& p = job.kv.p;
+  const int64_t bh = task / job.blocks, row0 = (task % job.blocks) * ROWS;
+  const int64_t b = bh / job.heads, h = bh % job.heads, rows = std::min(ROWS, job.nq - row0), d = job.d;
+  block_scores(job, bh, job.q + b * job.q_stride[0] + h * job.q_stride[1] + row0 * job.q_stride[2], rows, s);
+  if (job.kv.int8)
+    values_int8(job, bh, s);
+  else
+    values_bf16(job, bh, s);
 
   at::BFloat16* out = job.out + b * job.out_stride[0] + h * job.out_stride[1] + row0 * job.out_stride[2];
   for (int64_t r = 0; r < rows; ++r) {
@@ -354,9 +568,9 @@ AVX512_BF16 void attend(const Job& job, int64_t task, Scratch& s) {
   }
 }
 
-void fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool int8_keys,
+void fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool int8,
                      at::Tensor& out) {
-  const PackedKV kv(k, v, int8_keys);
+  const PackedKV kv(k, v, int8);
   const int64_t blocks = (q.size(2) + ROWS - 1) / ROWS;
   const Job job{q.const_data_ptr<at::BFloat16>(), out.mutable_data_ptr<at::BFloat16>(), kv,
                 {q.stride(0), q.stride(1), q.stride(2)}, {out.stride(0), out.stride(1), out.stride(2)},
@@ -374,12 +588,12 @@ bool fast_path(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
          k.sizes() == v.sizes() && k.size(2) > 0;
 }
 
-at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool int8_keys) {
+at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool int8) {
   at::Tensor out = at::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options()).transpose(1, 2);
   if (!fast_path(q, k, v)) return out.copy_(at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale));
   // The kernels read rows with a unit stride along head_dim; other layouts are copied.
   auto rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
-  fused_attention(rows(q), rows(k), rows(v), scale, int8_keys, out);
+  fused_attention(rows(q), rows(k), rows(v), scale, int8, out);
   return out;
 }
 
@@ -387,8 +601,8 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return run(q, k, v, scale, false);
 }
 
-// Fewer keys than this, and quantizing each query row costs more than the INT8 product
-// saves (bench/attention.py): the scores are computed in BF16.
+// Fewer keys than this, and quantizing costs more than the INT8 products save
+// (bench/attention.py): both are computed in BF16.
 constexpr int64_t INT8_MIN_KEYS = 512;
 
 at::Tensor int8_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {

@@ -6,7 +6,7 @@ A method is a config dataclass in a module of its own, with
 - ``name``: what ``mixdiff quantize <name>`` calls it;
 - ``manifest_method``: what its artifacts' manifests record, and how
   ``quantization.runtime.LOADERS`` loads them;
-- ``int8_scores``: whether the exported graph's attention computes q·kᵀ in INT8;
+- ``int8_attention``: whether the exported graph's attention computes its products in INT8;
 - ``recipe()``: how it quantizes, recorded in every manifest;
 - ``quantize(graph, fallback, calibration, context)``: the exported FP32 UNet graph
   (``quantization.graph.export_unet``) quantized with everything but the ``fallback``

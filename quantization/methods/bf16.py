@@ -36,8 +36,8 @@ class BF16Config:
 
     name: ClassVar[str] = "bf16"
     manifest_method: ClassVar[str] = "bf16-aot"
-    #: the exported graph's attention: q·kᵀ in BF16, like the eager and compiled BF16 UNets
-    int8_scores: ClassVar[bool] = False
+    #: the exported graph's attention: all BF16, like the eager and compiled BF16 UNets
+    int8_attention: ClassVar[bool] = False
 
     def recipe(self) -> dict:
         return RECIPE

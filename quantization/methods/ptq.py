@@ -26,7 +26,10 @@ RECIPE = {
     "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver)",
     "activations": "uint8 per-tensor affine, static (HistogramObserver)",
     "unquantized_ops": "bf16 (torch.autocast baked into the exported graph)",
-    "attention": "mixdiff.int8_attention (kernels/): q.k in int8 per token, keys centred; softmax and p.v bf16",
+    "attention": (
+        "mixdiff.int8_attention (kernels/), from 512 keys: q.k in int8 per token, keys centred; "
+        "softmax fp32; p.v in int8, probabilities u8 per block of 64 keys, values per channel, centred"
+    ),
     "compiler": "AOTInductor, freezing (oneDNN int8 conv/linear fusions), no -march=native, dynamic threads, "
     "optional tensor arguments released after each call (quantization/aoti_codegen.py)",
     "stored_weights": "the package's constants (oneDNN-prepacked int8 weights, scales, bf16 leftovers), "
@@ -84,7 +87,7 @@ class PTQConfig:
 
     name: ClassVar[str] = "ptq"
     manifest_method: ClassVar[str] = "ptq-int8-static"
-    int8_scores: ClassVar[bool] = True  # the exported graph's attention: q·kᵀ in INT8
+    int8_attention: ClassVar[bool] = True  # the exported graph's attention: both products in INT8
 
     def recipe(self) -> dict:
         return RECIPE

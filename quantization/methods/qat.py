@@ -256,7 +256,7 @@ class QATConfig:
 
     name: ClassVar[str] = "qat"
     manifest_method: ClassVar[str] = "qat-int8-static"
-    int8_scores: ClassVar[bool] = True  # the exported graph's attention: q·kᵀ in INT8
+    int8_attention: ClassVar[bool] = True  # the exported graph's attention: both products in INT8
 
     data: Images | GeneratedLatents | None = None
     data_size: int | None = None  # EXAMPLES, or ROLLOUT_TRAJECTORIES with ``rollout``

@@ -61,28 +61,52 @@ def test_matches_sdpa(tokens, keys, head_dim):
     assert _rel(out, reference) <= 1.2 * _rel(sdpa, reference) + 1e-3
 
 
-@pytest.mark.parametrize("tokens,keys,head_dim", [(1024, 1024, 40), (100, 515, 80), (64, 600, 7), (256, 77, 160)])
-def test_int8_scores_stay_close_to_fp32(tokens, keys, head_dim):
+@pytest.mark.parametrize(
+    "tokens,keys,head_dim",
+    [(1024, 1024, 40), (100, 515, 80), (64, 600, 7), (256, 77, 160), (70, 1030, 64), (40, 640, 160)],
+)
+def test_int8_attention_stays_close_to_fp32(tokens, keys, head_dim):
     q, k, v = _qkv(2, 3, tokens, keys, head_dim)
     k = k + 2.0  # an offset shared by all keys: centring the keys must take it out before quantizing
+    v = v + 3.0  # and one shared by all values, which their centring takes out
     reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     out = torch.ops.mixdiff.int8_attention(q, k, v, head_dim**-0.5)
     bf16 = torch.ops.mixdiff.attention(q, k, v, head_dim**-0.5)
     assert out.transpose(1, 2).is_contiguous()
     assert _rel(out, reference) < 2e-2
-    if keys < 512:  # too few keys for INT8 to pay: the scores are BF16's
+    if keys < 512:  # too few keys for INT8 to pay: both products are BF16's
         torch.testing.assert_close(out, bf16, rtol=0, atol=0)
     else:
         assert not torch.equal(out, bf16)
 
 
-def test_int8_scores_of_a_peaked_softmax():
+def test_int8_attention_of_a_peaked_softmax():
     """One key far above the rest for each query: INT8 scores must keep it on top."""
     q, k, v = _qkv(1, 2, 64, 1024, 64, dtype=torch.float32)
     k[:, :, :64] = 8 * q  # key i matches query i
     q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
     reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     assert _rel(torch.ops.mixdiff.int8_attention(q, k, v, 64**-0.5), reference) < 2e-2
+
+
+def test_int8_probabilities_keep_a_long_tail():
+    """Each query's largest probability is 1100 times each of 2047 others, which together
+    weigh twice as much as it: at one u8 scale per row (its largest at 255) every one of them
+    rounds to zero and the output flips sign; the kernel's scale per block of 64 keys keeps
+    all but the 63 that share the largest one's block (2% of the weight here)."""
+    keys, head_dim = 2048, 64
+    q = torch.zeros(1, 1, 8, head_dim)
+    q[..., 0] = 8.0
+    k = torch.zeros(1, 1, keys, head_dim)
+    k[..., 0] = -7.0  # score -7 / 1 after the 1/8 scale: exp(-7) = 1/1100 of the peak's
+    k[:, :, 5, 0] = 0.0  # the peak
+    k[..., 1:] = torch.randn(1, 1, keys, head_dim - 1) * 0.01  # keeps every key's int8 scale apart
+    v = torch.full((1, 1, keys, head_dim), -1.0)
+    v[:, :, 5] = 1.0
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    assert float(reference[0, 0, 0, 0]) < -0.2  # the tail outweighs the peak
+    assert _rel(torch.ops.mixdiff.int8_attention(q, k, v, head_dim**-0.5), reference) < 0.06
 
 
 def test_scale_is_applied():
