@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "vec.h"
@@ -494,6 +495,23 @@ AVX512_BF16 void block_scores(const Job& job, int64_t bh, const at::BFloat16* q,
                      s.row_max);
 }
 
+// kernel(tiles, half, c0) over cols columns (a multiple of 8): 48 at a time (three 512-bit
+// registers), then the rest as 16-column registers and, where 8 are left, one 256-bit one.
+// tiles and half are std::integral_constant, for the kernels' template arguments.
+template <typename Kernel>
+void by_column_tiles(int64_t cols, Kernel&& kernel) {
+  using std::integral_constant;
+  int64_t c0 = 0;
+  for (; cols - c0 >= 48; c0 += 48) kernel(integral_constant<int, 3>{}, std::false_type{}, c0);
+  switch (cols - c0) {
+    case 8: kernel(integral_constant<int, 0>{}, std::true_type{}, c0); break;
+    case 16: kernel(integral_constant<int, 1>{}, std::false_type{}, c0); break;
+    case 24: kernel(integral_constant<int, 1>{}, std::true_type{}, c0); break;
+    case 32: kernel(integral_constant<int, 2>{}, std::false_type{}, c0); break;
+    case 40: kernel(integral_constant<int, 2>{}, std::true_type{}, c0); break;
+  }
+}
+
 // The block's probabilities times the values into s.result: BF16, divided by the row sums.
 AVX512_BF16 void values_bf16(const Job& job, int64_t bh, Scratch& s) {
   const Packed& p = job.kv.p;
@@ -503,15 +521,9 @@ AVX512_BF16 void values_bf16(const Job& job, int64_t bh, Scratch& s) {
   for (int r = 0; r < ROWS; ++r) inv[r] = 1.0f / sums[r];
   const uint16_t* probs = s.probs.data();
   float* result = s.result.data();
-  int64_t c0 = 0;
-  for (; p.cols - c0 >= 48; c0 += 48) value_kernel<3, false>(probs, value, p, c0, inv, result);
-  switch (p.cols - c0) {  // a multiple of 8
-    case 8: value_kernel<0, true>(probs, value, p, c0, inv, result); break;
-    case 16: value_kernel<1, false>(probs, value, p, c0, inv, result); break;
-    case 24: value_kernel<1, true>(probs, value, p, c0, inv, result); break;
-    case 32: value_kernel<2, false>(probs, value, p, c0, inv, result); break;
-    case 40: value_kernel<2, true>(probs, value, p, c0, inv, result); break;
-  }
+  by_column_tiles(p.cols, [&](auto tiles, auto half, int64_t c0) {
+    value_kernel<decltype(tiles)::value, decltype(half)::value>(probs, value, p, c0, inv, result);
+  });
 }
 
 // The same with u8 probabilities and int8 values: s.result = (probs . value8) * value scale / row sum + value mean.
@@ -524,15 +536,9 @@ AVX512_BF16 void values_int8(const Job& job, int64_t bh, Scratch& s) {
   const uint8_t* probs = s.probs8.data();
   const float* bs = s.block_scales.data();
   float* result = s.result.data();
-  int64_t c0 = 0;
-  for (; p.cols - c0 >= 48; c0 += 48) value_kernel_int8<3, false>(probs, value, bs, p, c0, result);
-  switch (p.cols - c0) {  // a multiple of 8
-    case 8: value_kernel_int8<0, true>(probs, value, bs, p, c0, result); break;
-    case 16: value_kernel_int8<1, false>(probs, value, bs, p, c0, result); break;
-    case 24: value_kernel_int8<1, true>(probs, value, bs, p, c0, result); break;
-    case 32: value_kernel_int8<2, false>(probs, value, bs, p, c0, result); break;
-    case 40: value_kernel_int8<2, true>(probs, value, bs, p, c0, result); break;
-  }
+  by_column_tiles(p.cols, [&](auto tiles, auto half, int64_t c0) {
+    value_kernel_int8<decltype(tiles)::value, decltype(half)::value>(probs, value, bs, p, c0, result);
+  });
   const float* scales = kv.value_scales.data() + bh * p.cols;
   const float* means = kv.value_means.data() + bh * p.cols;
   for (int r = 0; r < ROWS; ++r) {
