@@ -309,8 +309,9 @@ AVX512_BF16 void softmax_rows_u8(const float* scores, const float* row_max, int6
 }
 
 // acc[ROWS][cols c0 .. c0 + 16 * TILES (+ 8 with HALF)) += (u8 probs . int8 value) * scale[r]
-// over the keys of one block of PV_BLOCK, summed in int32. Not inlined: on its own, GCC
-// keeps the accumulators in registers, as in value_kernel.
+// over the keys of one block of PV_BLOCK, summed in int32. A function of its own (not
+// inlined into the loop over blocks), so its accumulators live in it alone, as
+// value_kernel's do.
 template <int TILES, bool HALF>
 AVX512_BF16 __attribute__((noinline)) void value_block_int8(const uint8_t* probs, const int8_t* value,
                                                             const float* scale, const Packed& p, int64_t c0,
