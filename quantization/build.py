@@ -92,6 +92,28 @@ class MiscompiledError(ValueError):
     """The compiled package computes something else than the quantized graph it was compiled from."""
 
 
+def rel_mse(pairs) -> float:
+    """Relative MSE over ``(got, want)`` tensor pairs: the summed squared error over the summed
+    squared reference."""
+    error = norm = 0.0
+    for got, want in pairs:
+        error += float(((got - want) ** 2).sum())
+        norm += float((want**2).sum())
+    return error / max(norm, 1e-30)
+
+
+def check_agreement(pairs, what: str, hint: str = "") -> float:
+    """Relative MSE of a compiled package's outputs against its converted graph's, over ``(got, want)``
+    pairs; ``MiscompiledError`` (naming ``what``, then ``hint``) above ``COMPILE_TOLERANCE``."""
+    agreement = rel_mse(pairs)
+    if not agreement <= COMPILE_TOLERANCE:
+        raise MiscompiledError(
+            f"the compiled {what} disagrees with the quantized graph it was compiled from (relative MSE "
+            f"{agreement:.2e} > {COMPILE_TOLERANCE:.0e}){hint}"
+        )
+    return agreement
+
+
 def check_compiled(
     converted: torch.fx.GraphModule, package_path: Path, weights: Path, inputs: list[UNetInputs], batch: int = BATCH
 ) -> float:
@@ -100,21 +122,16 @@ def check_compiled(
     ``COMPILE_TOLERANCE``. Both use the same INT8 weights and scales, so they differ by
     rounding only, unless Inductor's fusion passes got the graph wrong."""
     runner = runtime.load_package(package_path, weights)
-    error = norm = 0.0
     with torch.no_grad():
-        for item in inputs:
-            want = package.run_bf16(converted, item, batch)
-            got = run_in_batches(runner, item.args(), batch)
-            error += float(((got - want) ** 2).sum())
-            norm += float((want**2).sum())
-    rel_mse = error / max(norm, 1e-30)
-    if not rel_mse <= COMPILE_TOLERANCE:
-        raise MiscompiledError(
-            f"the compiled UNet disagrees with the quantized graph it was compiled from (relative MSE "
-            f"{rel_mse:.2e} > {COMPILE_TOLERANCE:.0e}): Inductor fused it wrongly; some sets of fallback "
-            "layers cause this (docs/QUANTIZATION.md), so try other ones"
+        pairs = (
+            (run_in_batches(runner, item.args(), batch), package.run_bf16(converted, item, batch)) for item in inputs
         )
-    return rel_mse
+        return check_agreement(
+            pairs,
+            "UNet",
+            ": Inductor fused it wrongly; some sets of fallback layers cause this (docs/QUANTIZATION.md), "
+            "so try other ones",
+        )
 
 
 def _manual_fallback(unet: torch.nn.Module, fallback: str) -> list[str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from quantization import package, runtime
-from quantization.build import COMPILE_TOLERANCE, MiscompiledError, remove_folder, split_holdout
+from quantization.build import check_agreement, rel_mse, remove_folder, split_holdout
 from quantization.graph import drop_tensor_metadata_asserts
 
 log = logging.getLogger(__name__)
@@ -114,12 +114,6 @@ def compile_package(converted: torch.fx.GraphModule, example: torch.Tensor, fold
         package.compile_program(program, str(folder / PACKAGE))
 
 
-def _rel_mse(pairs) -> float:
-    """Relative MSE over ``(got, want)`` pairs: the summed squared error over the summed squared reference."""
-    error = sum(float((got - want).pow(2).sum()) for got, want in pairs)
-    return error / max(sum(float(want.pow(2).sum()) for _, want in pairs), 1e-30)
-
-
 def _psnr(got: torch.Tensor, want: torch.Tensor) -> float:
     """PSNR in dB of two images in [-1, 1], as the server turns them into 8-bit pixels."""
     mse = float(((got.clamp(-1, 1) - want.clamp(-1, 1)) * 127.5).round().pow(2).mean())
@@ -138,7 +132,7 @@ def fidelity(variant, decoder: torch.nn.Module, latents: Sequence[torch.Tensor])
             rows["bf16"].append((bf16.decode(x.to(torch.bfloat16), return_dict=False)[0].float(), want))
     out = {"reference": "fp32 tiny decoder", "held_out_latents": len(latents)}
     for name, pairs in rows.items():
-        out[f"{name}_rel_mse"] = _rel_mse(pairs)
+        out[f"{name}_rel_mse"] = rel_mse(pairs)
         out[f"{name}_psnr_db_mean"] = sum(_psnr(g, w) for g, w in pairs) / len(pairs)
         out[f"{name}_psnr_db_min"] = min(_psnr(g, w) for g, w in pairs)
     return out
@@ -162,12 +156,7 @@ def build(decoder: torch.nn.Module, latents: list[torch.Tensor], out: Path, *, s
         runner = runtime.load_package(out / PACKAGE, out / WEIGHTS)
         with torch.no_grad():
             checks = [(runner(x), _BF16(converted)(x)) for x in calib[:4]]
-        agreement = _rel_mse(checks)
-        if not agreement <= COMPILE_TOLERANCE:
-            raise MiscompiledError(
-                f"the compiled decoder disagrees with the quantized graph it was compiled from (relative MSE "
-                f"{agreement:.2e} > {COMPILE_TOLERANCE:.0e})"
-            )
+        agreement = check_agreement(checks, "decoder")
         latent, image = list(calib[0].shape[2:]), list(checks[0][1].shape[2:])
         manifest = {
             "name": runtime.DECODER_ARTIFACT,
