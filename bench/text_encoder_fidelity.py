@@ -29,7 +29,8 @@ def main() -> None:
     parser.add_argument("--guidance-scale", type=float, default=4.0)
     args = parser.parse_args()
 
-    from app.pipeline.loop import MixedPrecisionPipeline, set_text_encoder_precision
+    from app.pipeline.loop import MixedPrecisionPipeline
+    from app.pipeline.precision import set_text_encoder_precision
     from shapes import dataset
     from shapes.evaluate import generate_set
     from shapes.metrics import ssim

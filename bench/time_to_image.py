@@ -132,7 +132,7 @@ class _Encode(torch.nn.Module):
 def _decoder(vae: torch.nn.Module, precision: str, latents: torch.Tensor) -> Callable[[], torch.Tensor]:
     """A copy of ``vae`` configured as the loop configures it (``set_vae_precision``: ``precision``,
     channels-last), as a no-argument callable decoding ``latents``."""
-    from app.pipeline.loop import set_vae_precision
+    from app.pipeline.precision import set_vae_precision
 
     decoder = set_vae_precision(copy.deepcopy(vae), precision)
     return lambda: decoder.decode(latents.to(decoder.dtype)).sample.float()
@@ -164,7 +164,7 @@ def _unet_steps(side: str, unet, inputs, work: Path, label: str) -> dict[str, _P
 def _mixdiff_text_encoders(models: Models, ids: torch.Tensor) -> dict[str, _Part]:
     """mixdiff's text encoder of ``ids`` as the loop runs it (``set_text_encoder_precision``: BF16,
     cast back to FP32), and in FP32 besides."""
-    from app.pipeline.loop import set_text_encoder_precision
+    from app.pipeline.precision import set_text_encoder_precision
 
     start = time.perf_counter()
     bf16 = _Encode(set_text_encoder_precision(copy.deepcopy(models.text_encoder), "bf16"))

@@ -285,7 +285,7 @@ def against_reference(calls: dict[str, Callable], reference: torch.Tensor, round
 def vae_decode(vae, latent_size: int, rounds: int) -> dict:
     """Median seconds of decoding one image's latents in each VAE precision of the loop,
     configured as the loop configures it (channels-last), interleaved round after round."""
-    from app.pipeline.loop import MODULE_PRECISIONS, set_vae_precision
+    from app.pipeline.precision import MODULE_PRECISIONS, set_vae_precision
 
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(1, vae.config.latent_channels, latent_size, latent_size, generator=g)

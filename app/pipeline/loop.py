@@ -28,6 +28,7 @@ from app.pipeline.loader import (
     load_tiny_decoder,
     model_sizes,
 )
+from app.pipeline.precision import set_text_encoder_precision, set_vae_precision
 from app.pipeline.schedulers import available, make_scheduler
 from app.pipeline.types import GenerationParams, GenerationResult, StepCallback, StepRecord, UNetVariant
 from app.pipeline.variants import build_variants
@@ -35,30 +36,9 @@ from quantization.runtime import decoder_input
 
 log = logging.getLogger(__name__)
 
-#: What the VAE may decode in, and the text encoders encode in.
-MODULE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def _dtype(precision: str, what: str) -> torch.dtype:
-    if precision not in MODULE_PRECISIONS:
-        raise ValueError(f"unknown {what} precision {precision!r}: {', '.join(MODULE_PRECISIONS)}")
-    return MODULE_PRECISIONS[precision]
-
 
 def _fp32(embeds: torch.Tensor | None) -> torch.Tensor | None:
     return None if embeds is None else embeds.float()
-
-
-def set_vae_precision(vae: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """``vae`` (or a tiny decoder), converted in place to decode in ``precision``, channels-last:
-    oneDNN's native layout for convolutions, the whole of a decoder's work."""
-    return vae.to(_dtype(precision, "VAE"), memory_format=torch.channels_last)
-
-
-def set_text_encoder_precision(encoder: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """A text encoder, converted in place to encode in ``precision``. The loop casts what it
-    returns back to FP32 (``_encode``), so the UNets see the same dtype either way."""
-    return encoder.to(_dtype(precision, "text encoder"))
 
 
 @dataclass
