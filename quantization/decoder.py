@@ -92,9 +92,10 @@ def final_latents(pipe, decoder, prompts: Sequence[str], *, steps: int, guidance
 def quantize(decoder: torch.nn.Module, calibration: Sequence[torch.Tensor]) -> torch.fx.GraphModule:
     """``decoder`` exported for one latent of the calibration latents' size, quantized, its scales from them."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
-    quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+    from quantization.quantizer import torchao_default
+
+    quantizer = torchao_default()
     with torch.no_grad():
         graph = torch.export.export(Decode(decoder.eval()), (calibration[0],)).module()
         prepared = prepare_pt2e(graph, quantizer)

@@ -29,7 +29,7 @@ from torch.export.pt2_archive._package import PT2ArchiveReader, PT2ArchiveWriter
 from quantization.aoti_codegen import releasing_optional_tensor_handles
 from quantization.graph import example_args
 from quantization.inputs import BATCH, UNetInputs, run_in_batches
-from quantization.runtime import ALIGNMENT, BLOB_KEY, FORMAT, MANIFEST, portable_isa, sha256
+from quantization.runtime import ALIGNMENT, BLOB_KEY, FORMAT, MANIFEST, cpu_flags, portable_isa, sha256
 
 #: gcc ``-m`` flags Inductor compiles CPU kernels with, and the /proc/cpuinfo flag each needs.
 _GCC_TO_CPUINFO = {
@@ -58,6 +58,10 @@ _BLOB_SUFFIX = "_weights.blob"
 _WRITER_RECORDS = ".data/"
 
 
+#: Whether this torch's Inductor has ``cpp.march`` (2.12 and later). Earlier releases always
+#: compile with ``-march=native``: their packages need the building CPU's features.
+PORTABLE_MARCH = hasattr(torch._inductor.config.cpp, "march")
+
 #: Inductor settings of the packages. ``freezing``: the pass that holds torchao's INT8
 #: conv/linear fusions (it also needs grad off). ``cpp.march=""``: no ``-march=native``,
 #: only the vector ISA's explicit ``-m`` flags, so the CPU features the manifest lists
@@ -67,7 +71,7 @@ _WRITER_RECORDS = ".data/"
 #: into it; the artifact drops that blob and keeps the constants itself (``build_package``).
 AOTI_CONFIG = {
     "freezing": True,
-    "cpp.march": "",
+    **({"cpp.march": ""} if PORTABLE_MARCH else {}),
     "cpp.dynamic_threads": True,
     "aot_inductor.package_constants_in_so": False,
     "aot_inductor.package_constants_on_disk_format": "binary_blob",
@@ -175,14 +179,15 @@ def _save_constants(constants: list[tuple[str, torch.Tensor]], weights: Path, pa
 
 
 def _strip(package: Path) -> None:
-    """Drop AOTInductor's own copy of the constants from ``package``, and the generated C++
-    sources: the loader needs only the compiled library, and they name the build machine's
-    paths in their compile commands."""
+    """Drop AOTInductor's own copy of the constants from ``package``, and empty the generated
+    C++ sources: the loader needs only the compiled library, and they name the build
+    machine's paths in their compile commands. The sources stay as empty files: torch
+    before 2.13 finds the library's metadata by its source's name."""
     staged = package.with_name(package.name + ".tmp")
     with PT2ArchiveReader(str(package)) as reader, PT2ArchiveWriter(str(staged)) as writer:
         for name in reader.get_file_names():
-            if not name.endswith((_BLOB_SUFFIX, ".cpp")) and not name.startswith(_WRITER_RECORDS):
-                writer.write_bytes(name, reader.read_bytes(name))
+            if not name.endswith(_BLOB_SUFFIX) and not name.startswith(_WRITER_RECORDS):
+                writer.write_bytes(name, b"" if name.endswith(".cpp") else reader.read_bytes(name))
     staged.replace(package)
 
 
@@ -209,9 +214,11 @@ def build_package(
 
 def required_cpu_features() -> list[str]:
     """The CPU flags the kernels Inductor compiles for a package rely on (from the vector ISA
-    ``portable_isa`` picks)."""
+    ``portable_isa`` picks; without ``PORTABLE_MARCH``, every flag of this CPU)."""
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
+    if not PORTABLE_MARCH:
+        return sorted(cpu_flags())
     with portable_isa():
         flags = pick_vec_isa().build_arch_flags().split()
     return sorted({_GCC_TO_CPUINFO[f] for f in flags if f in _GCC_TO_CPUINFO})
