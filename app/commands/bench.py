@@ -153,6 +153,12 @@ def run(args: argparse.Namespace) -> int:
     if args.service and args.steps is not None and len(args.steps) != 1:
         print("mixdiff bench: --service takes one step count", file=sys.stderr)
         return 2
+    from bench import wheelhouse
+
+    missing, _ = wheelhouse.problems(peer=False)
+    if missing:
+        print(f"mixdiff bench: missing here: {'; '.join(missing)} (python -m bench.wheelhouse --help)", file=sys.stderr)
+        return 2
     if args.peer:
         from bench import openvino_peer
 
