@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from bench.unet_step import against_reference
+from bench.unet_step import against_reference, host_line
 
 #: (query tokens, key tokens, head_dim, layers per SD 1.5 step) at 64x64, 32x32 and 16x16 latents and the mid-block.
 SHAPES = (
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--error-sources", action="store_true", help="split the INT8 kernel's error by rounding")
     args = parser.parse_args()
     kernels.load()
-    print(f"AVX-512 BF16 kernels: {torch.ops.mixdiff.accelerated()}, {torch.get_num_threads()} threads")
+    print(host_line())
     print()
     print(f"| q x k tokens, head_dim (layers) | {' | '.join(VARIANTS)} (ms, median of {args.rounds}; vs sdpa; "
           "rel. error vs fp32) |")

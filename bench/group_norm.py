@@ -23,7 +23,7 @@ from torch import nn
 
 import kernels
 from app.pipeline.variants import EagerUNet
-from bench.unet_step import against_reference, interleaved, random_inputs, sd15_unet
+from bench.unet_step import against_reference, host_line, interleaved, random_inputs, sd15_unet
 from kernels.group_norm import use_fused_group_norm
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     kernels.load()
-    print(f"AVX-512 BF16 kernels: {torch.ops.mixdiff.accelerated()}, {torch.get_num_threads()} threads")
+    print(host_line())
     unet = sd15_unet()
     sample = random_inputs(unet, 500.0, seed=0)
     inputs = (sample.sample, sample.timestep, sample.encoder_hidden_states)

@@ -418,6 +418,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def host_line() -> str:
+    """The CPU, torch and thread count a kernel bench ran on, and whether the AVX-512 BF16
+    kernels did (``kernels.load()`` first)."""
+    threads, accelerated = torch.get_num_threads(), torch.ops.mixdiff.accelerated()
+    return f"{cpu_model()}, torch {torch.__version__}, {threads} threads, AVX-512 BF16 kernels: {accelerated}"
+
+
 def markdown(result: dict) -> str:
     gb = 1024**3
     title = TITLES.get(result.get("architecture", ""), "")
