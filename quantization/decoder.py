@@ -43,7 +43,7 @@ RECIPE = {
     "activations": "uint8 per-tensor affine, static (HistogramObserver)",
     "unquantized_ops": "bf16 (torch.autocast baked into the exported graph)",
     "calibration": "the FP32 pipeline's own final latents, scaled as the decoder takes them",
-    "compiler": "AOTInductor, freezing (oneDNN int8 conv fusions), no -march=native, dynamic threads",
+    "compiler": f"AOTInductor, freezing (oneDNN int8 conv fusions), {package.MARCH}, dynamic threads",
     "stored_weights": "the package's constants (oneDNN-prepacked int8 weights, scales), 64-byte aligned, as "
     "safetensors, handed to the package at load",
 }

@@ -61,6 +61,8 @@ _WRITER_RECORDS = ".data/"
 #: Whether this torch's Inductor has ``cpp.march`` (2.12 and later). Earlier releases always
 #: compile with ``-march=native``: their packages need the building CPU's features.
 PORTABLE_MARCH = hasattr(torch._inductor.config.cpp, "march")
+#: How the packages' CPU code is compiled, as the recipes in manifests say it.
+MARCH = "no -march=native" if PORTABLE_MARCH else "-march=native"
 
 #: Inductor settings of the packages. ``freezing``: the pass that holds torchao's INT8
 #: conv/linear fusions (it also needs grad off). ``cpp.march=""``: no ``-march=native``,

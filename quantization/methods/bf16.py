@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 
 from quantization.graph import drop_tensor_metadata_asserts
+from quantization.package import MARCH
 
 #: How BF16 artifacts are made, recorded in their manifests.
 RECIPE = {
@@ -25,7 +26,7 @@ RECIPE = {
     "weights": "bf16 (torch.autocast baked into the exported graph; freezing casts and prepacks them)",
     "activations": "bf16",
     "attention": "mixdiff.attention (kernels/): fused, bf16",
-    "compiler": "AOTInductor, freezing, no -march=native, dynamic threads",
+    "compiler": f"AOTInductor, freezing, {MARCH}, dynamic threads",
     "stored_weights": "the package's constants (oneDNN-prepacked bf16 weights), 64-byte aligned, as safetensors",
 }
 

@@ -18,6 +18,7 @@ import torch
 
 from quantization.graph import drop_tensor_metadata_asserts
 from quantization.inputs import BATCH, UNetInputs, run_in_batches
+from quantization.package import MARCH
 
 #: How PTQ artifacts are made, recorded in their manifests.
 RECIPE = {
@@ -30,7 +31,7 @@ RECIPE = {
         "mixdiff.int8_attention (kernels/), from 512 keys: q.k in int8 per token, keys centred; "
         "softmax fp32; p.v in int8, probabilities u8 per block of 64 keys, values per channel, centred"
     ),
-    "compiler": "AOTInductor, freezing (oneDNN int8 conv/linear fusions), no -march=native, dynamic threads, "
+    "compiler": f"AOTInductor, freezing (oneDNN int8 conv/linear fusions), {MARCH}, dynamic threads, "
     "optional tensor arguments released after each call (quantization/aoti_codegen.py)",
     "stored_weights": "the package's constants (oneDNN-prepacked int8 weights, scales, bf16 leftovers), "
     "64-byte aligned, as safetensors, handed to the package at load",
