@@ -73,14 +73,18 @@ def _installed(name: str) -> str | None:
         return None
 
 
-def problems(peer: bool) -> tuple[list[str], list[str]]:
-    """(what stops the bench here, versions that differ from mixdiff's pins)."""
-    import torch
-    from torch.torch_version import TorchVersion
+def _release(text: str) -> tuple[int, ...]:
+    """(major, minor) of a version such as ``2.11.0+cu130``."""
+    return tuple(int(part) for part in text.split("+")[0].split(".")[:2])
 
+
+def problems(peer: bool) -> tuple[list[str], list[str]]:
+    """(what stops the bench here, versions that differ from mixdiff's pins), read from the installed
+    packages' metadata: nothing is imported."""
     missing, differing = [], []
-    if TorchVersion(torch.__version__) < OLDEST_TORCH:
-        missing.append(f"torch {torch.__version__}: the bench needs 2.11 or later")
+    torch = _installed("torch")
+    if torch is None or _release(torch) < OLDEST_TORCH:
+        missing.append(f"torch {torch or '(none)'}: the bench needs 2.11 or later")
     pinned = pins()
     for name in (*NEEDED, *(PEER if peer else ())):
         have = _installed(name)

@@ -58,8 +58,8 @@ _BLOB_SUFFIX = "_weights.blob"
 _WRITER_RECORDS = ".data/"
 
 
-#: Whether this torch's Inductor has ``cpp.march`` (2.12 and later). Earlier releases always
-#: compile with ``-march=native``: their packages need the building CPU's features.
+#: Whether this torch's Inductor has ``cpp.march`` (2.13 has it, 2.11 not). Without it Inductor
+#: always compiles with ``-march=native``: packages need the building CPU's features.
 PORTABLE_MARCH = hasattr(torch._inductor.config.cpp, "march")
 #: How the packages' CPU code is compiled, as the recipes in manifests say it.
 MARCH = "no -march=native" if PORTABLE_MARCH else "-march=native"
@@ -184,7 +184,7 @@ def _strip(package: Path) -> None:
     """Drop AOTInductor's own copy of the constants from ``package``, and empty the generated
     C++ sources: the loader needs only the compiled library, and they name the build
     machine's paths in their compile commands. The sources stay as empty files: torch
-    before 2.13 finds the library's metadata by its source's name."""
+    2.11's loader finds the library's metadata by its source's name."""
     staged = package.with_name(package.name + ".tmp")
     with PT2ArchiveReader(str(package)) as reader, PT2ArchiveWriter(str(staged)) as writer:
         for name in reader.get_file_names():

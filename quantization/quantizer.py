@@ -13,11 +13,11 @@ UNet adds it. On SD 1.5's architecture (random weights) the UNet's error against
 falls at the same speed (``bench/int8_residuals.py``; the figures are in
 docs/notes/quantization-history.md, "The residual stream in BF16").
 
-Both quantizers here also work on torch before 2.13 (a benchmark host's given torch):
-there ``X86InductorQuantizer`` finds convolutions and linears only by the
+Both quantizers here also work on torch before 2.13 (a benchmark host's given torch). On
+torch 2.11 ``X86InductorQuantizer`` finds convolutions and linears only by the
 ``source_fn_stack`` a strict export records, which mixdiff's non-strict exports lack, so
-it quantized nothing, silently. ``mark_module_sources`` records it from each node's
-module, as torch 2.13 itself falls back to.
+it quantized nothing, silently. Before 2.13 ``mark_module_sources`` records it from each
+node's module, as torch 2.13 itself falls back to.
 """
 
 from __future__ import annotations

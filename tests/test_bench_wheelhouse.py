@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 
 import pytest
-import torch
 
 from app import cli
 from bench import wheelhouse
@@ -35,10 +34,9 @@ def test_what_a_host_lacks_stops_the_bench_before_it_builds(monkeypatch, capsys)
 
 
 def test_check_lists_missing_and_differing(monkeypatch, capsys):
-    versions = {"diffusers": "0.41.0", "openvino": None}
+    versions = {"diffusers": "0.41.0", "openvino": None, "torch": "2.10.0"}
     installed = wheelhouse._installed
     monkeypatch.setattr(wheelhouse, "_installed", lambda n: versions[n] if n in versions else installed(n))
-    monkeypatch.setattr(torch, "__version__", "2.10.0")
 
     assert wheelhouse.main(["--check"]) == 1
     out = capsys.readouterr().out
@@ -46,8 +44,11 @@ def test_check_lists_missing_and_differing(monkeypatch, capsys):
     assert "missing: openvino (mixdiff pins 2026.4.1)" in out
     assert "missing: torch 2.10.0: the bench needs 2.11 or later" in out
     assert wheelhouse.main(["--check", "--no-peer"]) == 1  # torch still too old
-    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    versions["torch"] = "2.11.0+cu130"
     assert wheelhouse.main(["--check", "--no-peer"]) == 0
+    versions["torch"] = None
+    assert wheelhouse.main(["--check", "--no-peer"]) == 1
+    assert "missing: torch (none): the bench needs 2.11 or later" in capsys.readouterr().out
 
 
 def test_the_wheels_carried_are_mixdiffs_pins_for_the_hosts_python(monkeypatch, tmp_path):
