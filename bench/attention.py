@@ -10,7 +10,9 @@ in one UNet step, and each one's relative L2 error against FP32 SDPA over the sa
 BF16 inputs. Inputs are random normal, keys with an offset (as real keys have, and
 which INT8 scores must survive). The last rows add the layers up: attention's time
 in one UNet step. ``--error-sources`` then splits ``mixdiff.int8_attention``'s error at
-SD 1.5's largest attention into its roundings, each simulated alone in FP32.
+SD 1.5's largest attention into its roundings, each simulated alone in FP32. The ops run
+the kernels here even where they compute SDPA by default (a CPU with AMX: the first line
+says which they would run).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 import kernels
 from bench.unet_step import against_reference, host_line
+from kernels.attention import attention_backend
 
 #: (query tokens, key tokens, head_dim, layers per SD 1.5 step) at 64x64, 32x32 and 16x16 latents and the mid-block.
 SHAPES = (
@@ -93,7 +96,7 @@ def main() -> None:
           "rel. error vs fp32) |")
     print("|---|" + "---|" * len(VARIANTS))
     total = dict.fromkeys(VARIANTS, 0.0)
-    with torch.no_grad():
+    with torch.no_grad(), attention_backend("fused"):
         for tokens, keys, head_dim, layers in SHAPES:
             result = shape(tokens, keys, head_dim, args.rounds)
             base = result["sdpa"]["ms"]

@@ -6,7 +6,8 @@ Captures the UNet's inputs along the FP32 model's own denoising runs (every step
 ``--steps`` DDIM steps, ``--prompts`` prompts), then runs the BF16 UNet on each with
 diffusers' SDPA processor, with ``mixdiff.attention`` and with
 ``mixdiff.int8_attention``, and prints each one's relative MSE against the FP32 UNet
-over all inputs: what the attention kernels change in the UNet's output, next to what
+over all inputs (the kernels themselves, also on a CPU with AMX where the ops would compute
+SDPA by default): what the attention kernels change in the UNet's output, next to what
 BF16 itself does. At the embedded model's own 16x16 latents its self-attention has 256
 keys, fewer than ``int8_attention`` computes in INT8 (512), so the inputs are also run
 with their latents upsampled 2x (1024 keys at the first level).
@@ -21,7 +22,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from app.pipeline.loader import load_diffusers_pipeline
-from kernels.attention import FusedAttnProcessor
+from kernels.attention import FusedAttnProcessor, attention_backend
 from quantization import calibration
 
 PROMPTS = [
@@ -54,7 +55,7 @@ def main() -> None:
     print(f"{len(inputs)} UNet inputs ({args.prompts} prompts x {args.steps} steps); BF16 UNet vs FP32, rel. MSE:")
     for upsample in (1, 2):
         error, norm = dict.fromkeys(processors, 0.0), 0.0
-        with torch.no_grad():
+        with torch.no_grad(), attention_backend("fused"):
             for x in inputs:
                 sample = torch.nn.functional.interpolate(x.sample, scale_factor=upsample, mode="nearest")
                 reference = unet(sample, x.timestep, x.encoder_hidden_states).sample

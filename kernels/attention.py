@@ -5,7 +5,9 @@ or dropout, for ``[batch, heads, tokens, head_dim]`` tensors; ``mixdiff.int8_att
 the same with both products in INT8 where there are 512 keys or more (q·kᵀ SageAttention's
 way: keys centred, both sides quantized per token; the probabilities u8 at one scale per
 block of 64 keys, the values per channel). In BF16 on a CPU with AVX-512 BF16 and VNNI they run
-``csrc/attention.cpp``, otherwise ATen's SDPA. Both have a fake (meta) rule, so
+``csrc/attention.cpp``, otherwise ATen's SDPA; on a CPU with AMX too they compute ATen's SDPA,
+whose flash attention multiplies in AMX tiles there and is faster (``backend()`` tells which
+runs, ``attention_backend()`` chooses for a while). Both have a fake (meta) rule, so
 ``torch.compile`` and ``torch.export`` take each as one opaque op (AOTInductor packages
 call them by name: the process that loads one must ``load()`` first), an autocast
 rule, so under BF16 autocast they get BF16 inputs as SDPA does, and SDPA's backward
@@ -14,7 +16,9 @@ rule, so under BF16 autocast they get BF16 inputs as SDPA does, and SDPA's backw
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
@@ -23,6 +27,24 @@ from kernels.build import load
 
 log = logging.getLogger(__name__)
 
+
+def backend() -> str:
+    """What the attention ops run for BF16 inputs in this process: ``fused`` or ``aten``."""
+    load()
+    return torch.ops.mixdiff.attention_backend()
+
+
+@contextlib.contextmanager
+def attention_backend(name: str) -> Iterator[None]:
+    """Run the attention ops with ``name`` inside the block: ``auto`` (the process's default: the
+    kernels on CPUs with AVX-512 BF16 and without AMX, where they are fastest), ``fused`` (the
+    kernels wherever they can run, to measure them on a CPU with AMX) or ``aten`` (ATen's SDPA)."""
+    load()
+    previous = torch.ops.mixdiff.set_attention_backend(name)
+    try:
+        yield
+    finally:
+        torch.ops.mixdiff.set_attention_backend(previous)
 
 
 def _plain(attn: Attention) -> bool:

@@ -5,10 +5,11 @@ The library goes to ``$MIXDIFF_KERNELS_DIR/<key>/`` (by default under
 torch version: an edit or an upgrade builds anew (Torch's extension builder, which needs
 a C++ compiler and ninja; how long it takes: docs/KERNELS.md, "Building and loading"),
 and an existing build is loaded as it is, with nothing written, so an image can carry it
-prebuilt on a read-only file system (the Dockerfile does). The vector code is compiled for AVX-512 BF16 with per-function
-target attributes and chosen at run time, so a library built on any x86 CPU runs on
-any other (computing through ATen where that ISA is absent). It links the OpenMP
-runtime by soname, so ``at::parallel_for`` shares the one torch has loaded.
+prebuilt on a read-only file system (the Dockerfile does). The vector code is compiled for
+AVX-512 BF16 with per-function target attributes and chosen at run time, so a library
+built on any x86 CPU runs on any other (computing through ATen where that ISA is absent,
+and for attention where the CPU has AMX). It links the OpenMP runtime by soname, so
+``at::parallel_for`` shares the one torch has loaded.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def load() -> None:
         shutil.rmtree(work, ignore_errors=True)
     ops.register_rules()
     log.info(
-        "mixdiff kernels %s in %.1f s (AVX-512 BF16: %s)",
+        "mixdiff kernels %s in %.1f s (AVX-512 BF16: %s; attention: %s)",
         library.parent.name,
         time.perf_counter() - start,
         torch.ops.mixdiff.accelerated(),
+        torch.ops.mixdiff.attention_backend(),
     )

@@ -21,15 +21,24 @@
 // quantized per channel, symmetric; each block's int32 sums added in FP32 at its scale,
 // and the row divided by the sum of its rounded probabilities. Without AVX-512 BF16 and
 // VNNI at run time, or for other dtypes, both compute ATen's scaled_dot_product_attention.
+//
+// On a CPU with AMX, ATen's flash attention multiplies in AMX tiles (oneDNN's brgemm) and
+// is faster than both kernels (bench/attention.py, docs/KERNELS.md): there both ops compute
+// ATen's SDPA by default.
+// set_attention_backend("fused" | "aten" | "auto") overrides that choice for the process
+// (benches and tests measure the kernels on such CPUs so), attention_backend() tells it.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -588,16 +597,57 @@ void fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   });
 }
 
+bool has_amx() {
+  static const bool has = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16");
+  return has;
+}
+
+// Which code the ops run for BF16 inputs: auto (the kernels where they are fastest: AVX-512
+// BF16 without AMX), fused (the kernels wherever they can run: AVX-512 BF16) or aten (ATen's
+// SDPA). One choice per process.
+enum Backend : int { AUTO, FUSED, ATEN };
+constexpr const char* BACKENDS[] = {"auto", "fused", "aten"};
+std::atomic<int> chosen{AUTO};
+
+bool fused() {
+  switch (chosen.load()) {
+    case FUSED:
+      return has_avx512_bf16();
+    case ATEN:
+      return false;
+    default:
+      return has_avx512_bf16() && !has_amx();
+  }
+}
+
+std::string attention_backend() { return fused() ? "fused" : "aten"; }
+
+// Sets the choice and returns the one it replaces.
+std::string set_attention_backend(std::string backend) {
+  const auto found = std::find(std::begin(BACKENDS), std::end(BACKENDS), backend);
+  TORCH_CHECK(found != std::end(BACKENDS), "attention backend must be auto, fused or aten, not ", backend);
+  return BACKENDS[chosen.exchange(static_cast<int>(found - std::begin(BACKENDS)))];
+}
+
 bool fast_path(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  return has_avx512_bf16() && q.device().is_cpu() && q.scalar_type() == at::kBFloat16 &&
+  return fused() && q.device().is_cpu() && q.scalar_type() == at::kBFloat16 &&
          k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16 && q.dim() == 4 && k.dim() == 4 &&
          v.dim() == 4 && q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3) &&
          k.sizes() == v.sizes() && k.size(2) > 0;
 }
 
+// [batch, heads, tokens, head_dim] viewing [batch, tokens, heads, head_dim]: what the ops return.
+at::Tensor output_for(const at::Tensor& q, const at::Tensor& v) {
+  return at::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options()).transpose(1, 2);
+}
+
 at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool int8) {
-  at::Tensor out = at::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options()).transpose(1, 2);
-  if (!fast_path(q, k, v)) return out.copy_(at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale));
+  if (!fast_path(q, k, v)) {
+    at::Tensor sdpa = at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale);
+    // ATen's CPU flash attention writes that layout itself; other paths are copied into it.
+    return sdpa.transpose(1, 2).is_contiguous() ? sdpa : output_for(q, v).copy_(sdpa);
+  }
+  at::Tensor out = output_for(q, v);
   // The kernels read rows with a unit stride along head_dim; other layouts are copied.
   auto rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
   fused_attention(rows(q), rows(k), rows(v), scale, int8, out);
@@ -624,6 +674,8 @@ TORCH_LIBRARY(mixdiff, m) {
   m.def("attention(Tensor q, Tensor k, Tensor v, float scale) -> Tensor");
   m.def("int8_attention(Tensor q, Tensor k, Tensor v, float scale) -> Tensor");
   m.def("accelerated() -> bool", &accelerated);
+  m.def("attention_backend() -> str", &attention_backend);
+  m.def("set_attention_backend(str backend) -> str", &set_attention_backend);
 }
 
 TORCH_LIBRARY_IMPL(mixdiff, CPU, m) {

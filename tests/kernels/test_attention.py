@@ -14,12 +14,15 @@ import kernels
 import kernels.build
 from app.pipeline.tiny import build_tiny_pipeline
 from app.pipeline.variants import EagerUNet
-from kernels.attention import FusedAttnProcessor, use_fused_attention
+from kernels.attention import FusedAttnProcessor, attention_backend, backend, use_fused_attention
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _built():
+def _the_kernels():
+    """The kernels themselves, also on a CPU with AMX, where the ops compute SDPA by default."""
     kernels.load()
+    with attention_backend("fused"):
+        yield
 
 
 def _qkv(batch, heads, tokens, keys, head_dim, dtype=torch.bfloat16, seed=0):
@@ -34,9 +37,36 @@ def _rel(x, ref):
     return float((x.float() - ref).norm() / ref.norm())
 
 
-def test_the_cpu_with_avx512_bf16_runs_the_kernel():
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    assert torch.ops.mixdiff.accelerated() == ("avx512_bf16" in flags and "avx512bw" in flags)
+def _cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":")[1].split()}
+
+
+def test_the_cpu_with_avx512_bf16_runs_the_kernel_unless_it_has_amx():
+    flags = _cpu_flags()
+    assert torch.ops.mixdiff.accelerated() == ({"avx512_bf16", "avx512bw"} <= flags)
+    assert backend() == ("fused" if torch.ops.mixdiff.accelerated() else "aten")  # as the fixture chose
+    with attention_backend("auto"):
+        amx = {"amx_tile", "amx_bf16"} <= flags
+        assert backend() == ("fused" if torch.ops.mixdiff.accelerated() and not amx else "aten")
+    with attention_backend("aten"):
+        assert backend() == "aten"
+    assert backend() == ("fused" if torch.ops.mixdiff.accelerated() else "aten")  # restored
+
+
+@pytest.mark.parametrize("op", ["attention", "int8_attention"])
+def test_the_aten_backend_is_sdpa(op):
+    q, k, v = _qkv(2, 3, 100, 600, 40)
+    with attention_backend("aten"):
+        out = getattr(torch.ops.mixdiff, op)(q, k, v, 0.3)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.3), rtol=0, atol=0)
+    assert out.transpose(1, 2).is_contiguous()  # the layout the kernels write
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(RuntimeError, match="auto, fused or aten, not amx"):
+        torch.ops.mixdiff.set_attention_backend("amx")
+    assert backend() == ("fused" if torch.ops.mixdiff.accelerated() else "aten")
 
 
 @pytest.mark.parametrize(
