@@ -7,15 +7,23 @@
 at (multiply-accumulates a second: how far from the CPU's peak it is). ``--mark``
 reads the executions between that line and the next ``MARK`` line.
 (Verbose logging itself slows every call; read the times as shares, not as a step time.)
+``record`` and ``by_kind`` do the same in a process, for ``mixdiff bench --onednn-profile``.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import math
+import os
 import re
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 
 def executions(text: str, mark: str = "MARK"):
@@ -33,6 +41,37 @@ def executions(text: str, mark: str = "MARK"):
             continue
         i = fields.index("exec")
         yield fields[i + 2], fields[i + 3], fields[i + 5], fields[-2], ms
+
+
+def record(call: Callable[[], object]) -> str:
+    """oneDNN's verbose log of one ``call`` in this process, after a ``MARK`` line (as ``executions``
+    reads it). oneDNN writes it to the process's standard output, which is taken for the call."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                call()
+        finally:
+            ctypes.CDLL(None).fflush(None)  # C's buffered standard output, before it goes back
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        return "MARK\n" + log.read()
+
+
+def by_kind(text: str) -> dict[str, dict]:
+    """Calls and milliseconds per primitive kind and source data type (``convolution u8``,
+    ``matmul bf16``, ...) of the executions after ``MARK``, the costliest first."""
+    totals: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
+    for kind, _, memory, _, ms in executions(text):
+        src = re.findall(r"src[a-z_]*:(\w+)", memory)
+        total = totals[f"{kind} {src[0]}" if src else kind]
+        total[0] += 1
+        total[1] += ms
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][1])
+    return {key: {"calls": calls, "ms": round(ms, 1)} for key, (calls, ms) in ranked}
 
 
 def multiply_accumulates(kind: str, problem: str) -> int:

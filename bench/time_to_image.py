@@ -138,10 +138,6 @@ def _decoder(vae: torch.nn.Module, precision: str, latents: torch.Tensor) -> Cal
     return lambda: decoder.decode(latents.to(decoder.dtype)).sample.float()
 
 
-def _phase(label: str, text: str) -> None:
-    print(f"[{label}] {text}", flush=True)
-
-
 @dataclass
 class _Part:
     """A part of an image as timed: a no-argument call, the FP32 reference its output is compared with
@@ -155,7 +151,7 @@ class _Part:
 def _unet_steps(side: str, unet, inputs, work: Path, label: str) -> dict[str, _Part]:
     """``side``'s UNet variants, one step on ``inputs`` each, built as ``mixdiff bench`` builds them."""
     variants = list(UNETS[side].values())
-    _phase(label, f"building {side}'s UNet variants {', '.join(variants)} (minutes each)")
+    unet_step.say(f"building {side}'s UNet variants {', '.join(variants)} (minutes each)", label)
     steps, build = unet_step.build_steps(unet, variants, inputs, work)
     malloc.release()  # the builds' freed memory, before the next one
     return {name: _Part(steps[name], "unet", build[name]["build_seconds"]) for name in variants}
@@ -202,7 +198,7 @@ def _mixdiff_decoders(models: Models, latents: torch.Tensor, calibration, work: 
 
 def _openvino_parts(models: Models, ids, latents, calibration, inputs, work: Path, label: str) -> dict[str, _Part]:
     """OpenVINO's text encoder, UNet variants and decoders (its INT8 tiny decoder calibrated on ``calibration``)."""
-    _phase(label, "converting the text encoder and the decoders with OpenVINO")
+    unet_step.say("converting the text encoder and the decoders with OpenVINO", label)
     modules = {
         "text": (_Encode(models.text_encoder), ids),
         "full": (Decode(models.vae), latents),
@@ -229,7 +225,7 @@ def measure(models: Models, *, rounds: int, peer: bool, label: str) -> dict[str,
     calibration = [torch.randn(latents.shape, generator=g) for _ in range(DECODER_CALIBRATION)]
     inputs = unet_step.random_inputs(unet, 500, seed=100, batch=1)
     with tempfile.TemporaryDirectory(prefix="mixdiff-bench-") as work, torch.no_grad():
-        _phase(label, "FP32 references")
+        unet_step.say("FP32 references", label)
         references = {
             "text": _Encode(models.text_encoder)(ids),
             "unet": UNetGraph(unet)(*inputs.args()).float(),  # before any variant touches ``unet``
@@ -245,7 +241,7 @@ def measure(models: Models, *, rounds: int, peer: bool, label: str) -> dict[str,
             **_mixdiff_decoders(models, latents, calibration, Path(work)),
             **parts,
         }
-        _phase(label, f"timing {len(parts)} parts, {rounds} interleaved rounds after one untimed")
+        unet_step.say(f"timing {len(parts)} parts, {rounds} interleaved rounds after one untimed", label)
         times = unet_step.interleaved({name: part.call for name, part in parts.items()}, rounds)
         errors = {name: unet_step.rel_error(part.call(), references[part.reference]) for name, part in parts.items()}
     return {
@@ -337,7 +333,7 @@ def run(archs: Sequence[str], *, step_counts: Sequence[int], rounds: int, peer: 
         result["peer"] = openvino_peer.versions()
     for arch in archs:
         start = time.perf_counter()
-        _phase(arch, f"building the {TITLES[arch]} models (random weights)")
+        unet_step.say(f"building the {TITLES[arch]} models (random weights)", arch)
         models = ARCHITECTURES[arch]()
         parts = measure(models, rounds=rounds, peer=peer, label=arch)
         median = {name: p["median_seconds"] for name, p in parts.items()}
@@ -351,7 +347,7 @@ def run(archs: Sequence[str], *, step_counts: Sequence[int], rounds: int, peer: 
             "rows": compose(median, step_counts),
             "seconds": round(time.perf_counter() - start, 1),
         }
-        _phase(arch, f"done in {result['architectures'][arch]['seconds']:.0f} s")
+        unet_step.say(f"done in {result['architectures'][arch]['seconds']:.0f} s", arch)
         del models
         torch._dynamo.reset()  # drops the compiled BF16 UNet's frozen weights
         gc.collect()

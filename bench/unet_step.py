@@ -26,8 +26,9 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from app.pipeline.variants import EagerUNet
-from bench import openvino_peer
+from bench import onednn_summary, openvino_peer
 from common import malloc
+from kernels import attention
 from quantization.graph import UNetGraph, drop_unused_weights, export_unet
 from quantization.inputs import UNetInputs
 from quantization.methods.bf16 import BF16Config
@@ -170,6 +171,7 @@ def build_steps(
     build: dict[str, dict] = {}
     peers = [name for name in variants if name in openvino_peer.VARIANTS]
     if peers:
+        say(f"building {', '.join(peers)} (OpenVINO converts and NNCF calibrates: minutes)")
         calibration = calibration_inputs(unet, inputs.batch)
         peer_steps, peer_build = openvino_peer.steps(unet, inputs, calibration, peers)
         steps.update(peer_steps)
@@ -178,7 +180,8 @@ def build_steps(
     # others must not inherit
     order = sorted((v for v in variants if v not in peers), key=lambda v: (v.endswith("-eager"), v not in PACKAGED))
     floats = [v for v in order if v in EAGER_BF16]
-    for name in order:
+    for number, name in enumerate(order, 1):
+        say(f"building {name} ({number}/{len(order)})")
         start = time.perf_counter()
         resident = rss_bytes()
         if name == "fp32-eager" or name in EAGER_BF16:
@@ -249,18 +252,30 @@ def sd15_vae(seed: int = 0) -> AutoencoderKL:
     ).eval()
 
 
-def interleaved(steps: dict[str, Callable], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+def say(text: str, label: str = "unet step") -> None:
+    """A phase of a long benchmark, as it starts (its tables go to files)."""
+    print(f"[{label}] {text}", flush=True)
+
+
+def interleaved(
+    steps: dict[str, Callable], rounds: int, warmup: int = 1, *, report: bool = False
+) -> dict[str, list[float]]:
     """Seconds of each no-argument ``steps`` callable, run in turn round after round (so the
-    machine's drift hits all alike), after ``warmup`` untimed rounds."""
+    machine's drift hits all alike), after ``warmup`` untimed rounds; ``report``: each round's
+    end and the time left (``say``)."""
+    start = time.perf_counter()
     for _ in range(warmup):
         for step in steps.values():
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
+    for done in range(1, rounds + 1):
         for name, step in steps.items():
-            start = time.perf_counter()
+            started = time.perf_counter()
             step()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.perf_counter() - started)
+        if report:
+            per_round = (time.perf_counter() - start) / (warmup + done)
+            say(f"timed round {done}/{rounds} (with {warmup} warm-up), about {per_round * (rounds - done):.0f} s left")
     return times
 
 
@@ -287,6 +302,7 @@ def vae_decode(vae, latent_size: int, rounds: int) -> dict:
     configured as the loop configures it (channels-last), interleaved round after round."""
     from app.pipeline.precision import MODULE_PRECISIONS, set_vae_precision
 
+    say(f"timing the VAE decode, {rounds} interleaved rounds")
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(1, vae.config.latent_channels, latent_size, latent_size, generator=g)
     decoders = {name: set_vae_precision(copy.deepcopy(vae), name) for name in MODULE_PRECISIONS}
@@ -332,10 +348,12 @@ def time_embedding_share(unet, inputs: UNetInputs, step_seconds: float, rounds: 
         return (time.perf_counter() - start) / rounds / step_seconds
 
 
-def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1, rebuild=None) -> dict:
+def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1, rebuild=None, onednn: bool = False) -> dict:
     """Median step seconds of each variant over ``rounds`` interleaved rounds, ratios, each
     variant's relative L2 error against the FP32 UNet's output on the same inputs, and memory:
-    what each variant holds resident and the process's peak. ``rebuild``: as ``build_steps`` takes it."""
+    what each variant holds resident and the process's peak. ``rebuild``: as ``build_steps`` takes it.
+    ``onednn``: then one more step of each of mixdiff's variants with oneDNN's verbose log, its
+    time per primitive kind and data type (``onednn_summary.by_kind``)."""
     inputs = random_inputs(unet, 500, seed=100)
     parameters = sum(p.numel() for p in unet.parameters())
     sample_size = unet.config.sample_size
@@ -345,8 +363,16 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1, rebuild=No
         embedding_share = time_embedding_share(unet, inputs, time.perf_counter() - start)
         fp32_weights = rss_bytes()
         steps, build = build_steps(unet, variants, inputs, Path(work), rebuild=rebuild)
-        times = interleaved(steps, rounds, warmup)
+        say(f"timing {len(steps)} variants, {rounds} interleaved rounds")
+        times = interleaved(steps, rounds, warmup, report=True)
         errors = {name: rel_error(step(), reference) for name, step in steps.items()}
+        if onednn:
+            say("one step of each mixdiff variant with oneDNN's verbose log")
+            profiles = {
+                name: onednn_summary.by_kind(onednn_summary.record(step))
+                for name, step in steps.items()
+                if name not in openvino_peer.VARIANTS
+            }
     median = {name: statistics.median(t) for name, t in times.items()}
     base = median.get(BASELINE)
     result = {
@@ -356,6 +382,7 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1, rebuild=No
         "torch": torch.__version__,
         "cpu": cpu_model(),
         "cpu_features": required_cpu_features(),
+        "attention_ops": attention.backend(),
         "rounds": rounds,
         "variants": {
             name: {
@@ -373,6 +400,8 @@ def run(unet, *, variants=VARIANTS, rounds: int = 5, warmup: int = 1, rebuild=No
     }
     if any(name in openvino_peer.VARIANTS for name in steps):
         result["peer"] = {**openvino_peer.versions(), **versus_peer(median)}
+    if onednn:
+        result["onednn_per_step"] = profiles
     return result
 
 
@@ -419,10 +448,13 @@ def cpu_model() -> str:
 
 
 def host_line() -> str:
-    """The CPU, torch and thread count a kernel bench ran on, and whether the AVX-512 BF16
-    kernels did (``kernels.load()`` first)."""
+    """The CPU, torch and thread count a kernel bench ran on, whether the AVX-512 BF16 kernels
+    can run there and what the attention ops run by default (``kernels.load()`` first)."""
     threads, accelerated = torch.get_num_threads(), torch.ops.mixdiff.accelerated()
-    return f"{cpu_model()}, torch {torch.__version__}, {threads} threads, AVX-512 BF16 kernels: {accelerated}"
+    return (
+        f"{cpu_model()}, torch {torch.__version__}, {threads} threads, AVX-512 BF16 kernels: {accelerated}, "
+        f"attention ops: {torch.ops.mixdiff.attention_backend()}"
+    )
 
 
 def markdown(result: dict) -> str:
@@ -432,7 +464,8 @@ def markdown(result: dict) -> str:
         f"{title + ' ' if title else ''}UNet of {result['unet']['parameters'] / 1e6:.0f} M parameters, "
         f"batch {result['batch']}, latents {result['unet']['sample_size']}x{result['unet']['sample_size']}, "
         f"{result['threads']} threads, torch {result['torch']}, {result['cpu']}, "
-        f"median of {result['rounds']} interleaved rounds.",
+        + (f"attention ops: {result['attention_ops']}, " if "attention_ops" in result else "")
+        + f"median of {result['rounds']} interleaved rounds.",
         "",
         f"| variant | step (s, median) | step (s, min) | vs {BASELINE} | error vs fp32 | build (s) | holds (GB) |",
         "|---|---|---|---|---|---|---|",
@@ -453,6 +486,8 @@ def markdown(result: dict) -> str:
         ]
     if "peer" in result:
         lines += ["", *peer_markdown(result["peer"])]
+    if "onednn_per_step" in result:
+        lines += ["", *onednn_markdown(result["onednn_per_step"], result["variants"])]
     lines += ["", f"Time embedding: {100 * result['time_embedding_share_of_fp32_step']:.3f}% of an FP32 step."]
     if "vae_decode" in result:
         vae = result["vae_decode"]
@@ -469,6 +504,36 @@ def markdown(result: dict) -> str:
             *(f"| {name} | {v['median_seconds']:.2f} | {v['vs_fp32']:.2f}x |" for name, v in vae["precisions"].items()),
         ]
     return "\n".join(lines) + "\n"
+
+
+def onednn_markdown(profiles: dict[str, dict], variants: dict[str, dict]) -> list[str]:
+    """One step of each variant as oneDNN's verbose log saw it: milliseconds (calls) per primitive
+    kind and source data type, what oneDNN ran in all, and the step's median time unlogged."""
+    names = list(profiles)
+
+    def costliest(kind: str) -> float:
+        return -max(profile.get(kind, {}).get("ms", 0.0) for profile in profiles.values())
+
+    def cells(values) -> str:
+        return " | ".join(values)
+
+    def spent(profile: dict, kind: str) -> str:
+        return f"{profile[kind]['ms']:.0f} ({profile[kind]['calls']})" if kind in profile else ""
+
+    kinds = sorted({kind for profile in profiles.values() for kind in profile}, key=costliest)
+    rows = [f"| {kind} | {cells(spent(profile, kind) for profile in profiles.values())} |" for kind in kinds]
+    logged = (sum(v["ms"] for v in profile.values()) for profile in profiles.values())
+    unlogged = (1000 * variants[name]["median_seconds"] for name in names)
+    return [
+        "oneDNN in one step (`--onednn-profile`: one more step of each variant with oneDNN's verbose log, "
+        "which slows every call; ms (calls) per primitive kind and source data type):",
+        "",
+        f"| oneDNN primitive | {cells(names)} |",
+        "|---|" + "---|" * len(names),
+        *rows,
+        f"| all oneDNN (logged) | {cells(f'{ms:.0f}' for ms in logged)} |",
+        f"| the step, unlogged (median) | {cells(f'{ms:.0f}' for ms in unlogged)} |",
+    ]
 
 
 def peer_markdown(peer: dict) -> list[str]:

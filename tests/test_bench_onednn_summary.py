@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.onednn_summary import multiply_accumulates
+import torch
+
+from bench.onednn_summary import by_kind, multiply_accumulates, record
 
 CONV = (
     "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_vnni,forward_inference,"
@@ -42,3 +44,21 @@ def test_shapes_lists_each_problem_with_its_rate(tmp_path):
     assert out[0].split()[:7] == ["40.0", "ms", "57.1%", "1", "calls", str(matmul_rate), "GMAC/s"]  # costliest
     assert f"{conv_rate} GMAC/s" in out[1] and out[1].split()[3] == "2"
     assert out[-1].startswith("     70.0 ms in all")
+
+
+def test_by_kind_sums_each_primitive_kind_and_source_type_after_the_mark():
+    lines = [CONV.format(ms=1000.0), "MARK", CONV.format(ms=20.0), "some other output", CONV.format(ms=10.0),
+             MATMUL.format(ms=40.0).replace("src:u8", "src:bf16")]  # fmt: skip
+    assert by_kind("\n".join(lines)) == {
+        "matmul bf16": {"calls": 1, "ms": 40.0},
+        "convolution u8": {"calls": 2, "ms": 30.0},
+    }
+
+
+def test_record_takes_onednns_log_of_one_call_in_the_process(capfd):
+    x = torch.randn(1, 16, 32, 32).bfloat16().to(memory_format=torch.channels_last)
+    weight = torch.randn(16, 16, 3, 3).bfloat16().to(memory_format=torch.channels_last)
+    log = record(lambda: torch.nn.functional.conv2d(x, weight, padding=1))
+    assert by_kind(log)["convolution bf16"]["calls"] == 1  # ATen ran it through oneDNN, and it was logged
+    print("after")  # the process's standard output is its own again
+    assert capfd.readouterr().out == "after\n"

@@ -1,9 +1,11 @@
 """``mixdiff bench``'s UNet step: its architectures are the real ones, SDXL's inputs are what
-its UNet takes, and a benchmark without FP32 converts the UNet in place instead of copying it."""
+its UNet takes, a benchmark without FP32 converts the UNet in place instead of copying it, and
+oneDNN's profile of a step is tabulated per variant."""
 
 import pytest
 import torch
 
+from app.cli import main
 from app.pipeline.tiny import build_tiny_pipeline
 from bench import unet_step
 from quantization.graph import drop_unused_weights
@@ -80,3 +82,26 @@ def test_dropping_unused_weights_keeps_what_the_quantized_graph_computes():
     weights = sum(m.weight.numel() for m in unet.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     assert dropped >= 0.9 * weights  # the quantized layers' FP32 weights are no longer held
     assert torch.equal(before, after)
+
+
+def test_the_onednn_profile_is_tabulated_per_variant_beside_the_unlogged_step():
+    profiles = {
+        "bf16-compiled": {"convolution bf16": {"calls": 98, "ms": 500.4}, "matmul bf16": {"calls": 184, "ms": 200.0}},
+        "int8-compiled": {"convolution u8": {"calls": 98, "ms": 300.0}, "matmul bf16": {"calls": 10, "ms": 20.0}},
+    }
+    variants = {"bf16-compiled": {"median_seconds": 1.3}, "int8-compiled": {"median_seconds": 1.2}}
+    lines = unet_step.onednn_markdown(profiles, variants)
+    assert "| oneDNN primitive | bf16-compiled | int8-compiled |" in lines
+    rows = lines[lines.index("|---|---|---|") + 1 :]
+    assert rows == [
+        "| convolution bf16 | 500 (98) |  |",  # the costliest first
+        "| convolution u8 |  | 300 (98) |",
+        "| matmul bf16 | 200 (184) | 20 (10) |",
+        "| all oneDNN (logged) | 700 | 320 |",
+        "| the step, unlogged (median) | 1300 | 1200 |",
+    ]
+
+
+def test_the_onednn_profile_goes_with_step_benchmarks_only(capsys):
+    assert main(["bench", "--onednn-profile", "--service"]) == 2
+    assert "--onednn-profile logs UNet steps" in capsys.readouterr().err

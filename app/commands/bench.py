@@ -94,6 +94,12 @@ def register(subparsers) -> None:
         "mixdiff's variants, with each one's error against FP32 (with --time-to-image, its text encoder and "
         "decoders too; the optional extra: pip install -e '.[peer]')",
     )
+    parser.add_argument(
+        "--onednn-profile",
+        action="store_true",
+        help="after the timing, one more step of each mixdiff variant with oneDNN's verbose log: its time per "
+        "primitive kind and data type (convolutions, matmuls, attention's brgemm) beside the whole step's",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--service", action="store_true", help="benchmark the server end to end instead of one step")
     mode.add_argument(
@@ -141,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.peer and args.service:
         print("mixdiff bench: --peer times UNet steps; it does not go with --service", file=sys.stderr)
+        return 2
+    if args.onednn_profile and (args.service or args.time_to_image):
+        print("mixdiff bench: --onednn-profile logs UNet steps; it goes with neither --service nor --time-to-image",
+              file=sys.stderr)
         return 2
     archs = _names(args.archs)
     if args.time_to_image and (problem := _unknown("architecture(s)", archs, _ARCHITECTURES)):
@@ -201,7 +211,9 @@ def run(args: argparse.Namespace) -> int:
         size = unet.config.sample_size
         # SDXL: its FP32 weights and an INT8 compilation do not fit in 23 GB together; the build drops them
         rebuild = unet_step.ARCHITECTURES[args.unet] if args.unet == "sdxl" else None
-        measured = unet_step.run(unet, variants=variants, rounds=args.rounds, rebuild=rebuild)
+        measured = unet_step.run(
+            unet, variants=variants, rounds=args.rounds, rebuild=rebuild, onednn=args.onednn_profile
+        )
         result = {"architecture": args.unet, **measured}
         if args.unet != "tiny":
             del unet
