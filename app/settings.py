@@ -69,9 +69,9 @@ class Settings(BaseSettings):
     )
     fused_attention: bool = Field(
         True,
-        description="run the bf16 UNet's attention with mixdiff's attention op (kernels/: its fused kernel on an "
-        "AVX-512 BF16 CPU without AMX, where it is faster than SDPA; PyTorch's SDPA on one with AMX, where that "
-        "is faster: docs/KERNELS.md) rather than PyTorch's SDPA. int8 artifacts have theirs built in",
+        description="run the bf16 UNet's attention with mixdiff's attention op (kernels/: fused kernels in AMX "
+        "tiles on a CPU with AMX, in AVX-512 BF16 on one without; faster than SDPA at SD's sizes: "
+        "docs/KERNELS.md) rather than PyTorch's SDPA. int8 artifacts have theirs built in",
     )
     default_scheduler: str | None = Field(
         None,

@@ -1,10 +1,11 @@
 """mixdiff's fused attention against ATen's SDPA, at the attention sizes of SD 1.5 at 512x512.
 
-    python bench/attention.py [--rounds 7] [--error-sources]
+    python bench/attention.py [--rounds 7] [--error-sources] [--shape 9216x9216x64 ...]
 
 Times, interleaved round after round (median), ``scaled_dot_product_attention`` in BF16
-(what diffusers' processor runs), ``mixdiff.attention`` (BF16) and
-``mixdiff.int8_attention`` (both products in INT8) on each self- and cross-attention shape of
+(what diffusers' processor runs), ``mixdiff.attention`` (BF16, AVX-512),
+``mixdiff.int8_attention`` (both products in INT8, AVX-512 VNNI) and ``mixdiff.attention``
+with its products in AMX tiles (``amx``) on each self- and cross-attention shape of
 SD 1.5's UNet (CFG batch 2, 8 heads, 77 text tokens), with the number of such layers
 in one UNet step, and each one's relative L2 error against FP32 SDPA over the same
 BF16 inputs. Inputs are random normal, keys with an offset (as real keys have, and
@@ -12,7 +13,8 @@ which INT8 scores must survive). The last rows add the layers up: attention's ti
 in one UNet step. ``--error-sources`` then splits ``mixdiff.int8_attention``'s error at
 SD 1.5's largest attention into its roundings, each simulated alone in FP32. The ops run
 the kernels here even where they compute SDPA by default (a CPU with AMX: the first line
-says which they would run).
+says which they would run). ``--shape TOKENSxKEYSxHEAD_DIM`` (repeatable) times those
+shapes instead, once each (e.g. SD 2.1's and SDXL's at their sizes).
 """
 
 from __future__ import annotations
@@ -34,7 +36,22 @@ SHAPES = (
     (64, 64, 160, 1), (64, 77, 160, 1),
 )
 HEADS, BATCH = 8, 2
-VARIANTS = ("sdpa", "mixdiff.attention", "mixdiff.int8_attention")
+VARIANTS = ("sdpa", "mixdiff.attention", "mixdiff.int8_attention", "mixdiff.attention amx")
+
+
+def attention_shape(text: str) -> tuple[int, int, int]:
+    """``TOKENSxKEYSxHEAD_DIM``, e.g. ``9216x9216x64``."""
+    try:
+        tokens, keys, head_dim = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not TOKENSxKEYSxHEAD_DIM: {text!r}") from None
+    return tokens, keys, head_dim
+
+
+def in_tiles(call):
+    """``call`` with the ops' products in AMX tiles (where the CPU has AMX; else the same kernels)."""
+    with attention_backend("amx"):
+        return call()
 
 
 def shape(tokens: int, keys: int, head_dim: int, rounds: int) -> dict:
@@ -47,6 +64,7 @@ def shape(tokens: int, keys: int, head_dim: int, rounds: int) -> dict:
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
         "mixdiff.attention": lambda: torch.ops.mixdiff.attention(q, k, v, scale),
         "mixdiff.int8_attention": lambda: torch.ops.mixdiff.int8_attention(q, k, v, scale),
+        "mixdiff.attention amx": lambda: in_tiles(lambda: torch.ops.mixdiff.attention(q, k, v, scale)),
     }
     return against_reference(calls, F.scaled_dot_product_attention(q.float(), k.float(), v.float()), rounds)
 
@@ -88,7 +106,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--error-sources", action="store_true", help="split the INT8 kernel's error by rounding")
+    parser.add_argument("--shape", type=attention_shape, action="append", metavar="TOKENSxKEYSxHEAD_DIM",
+                        help="time this shape instead of SD 1.5's (repeatable)")
     args = parser.parse_args()
+    shapes = [(*shape, 1) for shape in args.shape] if args.shape else SHAPES
     kernels.load()
     print(host_line())
     print()
@@ -97,7 +118,7 @@ def main() -> None:
     print("|---|" + "---|" * len(VARIANTS))
     total = dict.fromkeys(VARIANTS, 0.0)
     with torch.no_grad(), attention_backend("fused"):
-        for tokens, keys, head_dim, layers in SHAPES:
+        for tokens, keys, head_dim, layers in shapes:
             result = shape(tokens, keys, head_dim, args.rounds)
             base = result["sdpa"]["ms"]
             cells = " | ".join(
@@ -106,8 +127,9 @@ def main() -> None:
             print(f"| {tokens} x {keys}, {head_dim} (x{layers}) | {cells} |", flush=True)
             for name, r in result.items():
                 total[name] += layers * r["ms"]
-    cells = " | ".join(f"{t:.0f} ({t / total['sdpa']:.2f}x)" for t in total.values())
-    print(f"| one UNet step | {cells} |")
+    if not args.shape:
+        cells = " | ".join(f"{t:.0f} ({t / total['sdpa']:.2f}x)" for t in total.values())
+        print(f"| one UNet step | {cells} |")
     if args.error_sources:
         print()
         print("mixdiff.int8_attention's roundings alone, 4096 x 4096 keys, head_dim 40 (rel. L2 vs fp32):")

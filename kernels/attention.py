@@ -5,9 +5,10 @@ or dropout, for ``[batch, heads, tokens, head_dim]`` tensors; ``mixdiff.int8_att
 the same with both products in INT8 where there are 512 keys or more (q·kᵀ SageAttention's
 way: keys centred, both sides quantized per token; the probabilities u8 at one scale per
 block of 64 keys, the values per channel). In BF16 on a CPU with AVX-512 BF16 and VNNI they run
-``csrc/attention.cpp``, otherwise ATen's SDPA; on a CPU with AMX too they compute ATen's SDPA,
-whose flash attention multiplies in AMX tiles there and is faster (``backend()`` tells which
-runs, ``attention_backend()`` chooses for a while). Both have a fake (meta) rule, so
+``csrc/attention.cpp``, otherwise ATen's SDPA. On a CPU with AMX both run a third kernel there,
+BF16 with its products in AMX tiles, at the sizes where it beats ATen's flash attention (which
+uses AMX tiles too), and ATen's SDPA at the others (``backend()`` tells which kernel runs,
+``attention_backend()`` chooses for a while). Both have a fake (meta) rule, so
 ``torch.compile`` and ``torch.export`` take each as one opaque op (AOTInductor packages
 call them by name: the process that loads one must ``load()`` first), an autocast
 rule, so under BF16 autocast they get BF16 inputs as SDPA does, and SDPA's backward
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def backend() -> str:
-    """What the attention ops run for BF16 inputs in this process: ``fused`` or ``aten``."""
+    """What the attention ops run for BF16 inputs in this process: ``amx``, ``fused`` or ``aten``."""
     load()
     return torch.ops.mixdiff.attention_backend()
 
@@ -37,8 +38,9 @@ def backend() -> str:
 @contextlib.contextmanager
 def attention_backend(name: str) -> Iterator[None]:
     """Run the attention ops with ``name`` inside the block: ``auto`` (the process's default: the
-    kernels on CPUs with AVX-512 BF16 and without AMX, where they are fastest), ``fused`` (the
-    kernels wherever they can run, to measure them on a CPU with AMX) or ``aten`` (ATen's SDPA)."""
+    AMX kernel on CPUs with AMX, the AVX-512 kernels on CPUs with AVX-512 BF16, else SDPA),
+    ``amx`` (the same), ``fused`` (the AVX-512 kernels wherever they can run, to measure them on a
+    CPU with AMX) or ``aten`` (ATen's SDPA)."""
     load()
     previous = torch.ops.mixdiff.set_attention_backend(name)
     try:

@@ -30,8 +30,8 @@ class EagerUNet:
     """The diffusers UNet in one dtype, optionally ``torch.compile``d (frozen weights).
 
     With ``in_place`` it converts ``unet`` itself rather than a copy of it. In BF16 its
-    attention runs ``kernels``' attention op unless ``fused_attention`` is off (the fused
-    kernel, faster than SDPA at SD 1.5's sizes without AMX, or with AMX SDPA itself:
+    attention runs ``kernels``' attention op unless ``fused_attention`` is off (fused
+    kernels, in AMX tiles where the CPU has AMX, faster than SDPA at SD 1.5's sizes:
     docs/KERNELS.md, "Measured"), and uncompiled, its
     GroupNorms (with the SiLUs after them) ``kernels``' GroupNorm unless
     ``fused_group_norm`` is off (``bench/group_norm.py``; compiled, Inductor fuses them).

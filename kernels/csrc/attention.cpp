@@ -23,14 +23,17 @@
 // VNNI at run time, or for other dtypes, both compute ATen's scaled_dot_product_attention.
 //
 // On a CPU with AMX, ATen's flash attention multiplies in AMX tiles (oneDNN's brgemm) and
-// is faster than both kernels (bench/attention.py, docs/KERNELS.md): there both ops compute
-// ATen's SDPA by default.
-// set_attention_backend("fused" | "aten" | "auto") overrides that choice for the process
-// (benches and tests measure the kernels on such CPUs so), attention_backend() tells it.
+// is faster than both AVX-512 kernels (bench/attention.py, docs/KERNELS.md). There both ops
+// run a third kernel: the BF16 one with its two products in AMX tiles, 16 query rows a task,
+// where it beats ATen's (amx_wins), and ATen's SDPA elsewhere. set_attention_backend("auto" |
+// "fused" | "amx" | "aten") overrides that choice for the process (the benches and tests
+// measure every kernel on such CPUs so); attention_backend() tells it.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <sys/syscall.h>
 #include <torch/library.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -50,6 +53,7 @@ namespace {
 constexpr int64_t ROWS = 8;       // query rows per task and per micro-kernel
 constexpr int64_t KEY_TILE = 32;  // keys per score micro-kernel: two 16-lane vectors
 constexpr int64_t PV_BLOCK = 64;  // keys per scale of the u8 probabilities (INT8 P.V)
+constexpr int64_t AMX_ROWS = 16;  // query rows per task in AMX tiles: a whole tile's rows
 
 AVX512_BF16 inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
 
@@ -402,6 +406,184 @@ AVX512_BF16 void value_kernel(const uint16_t* probs, const uint16_t* value, cons
   }
 }
 
+// AMX: the same two products in tiles (TDPBF16PS), on the same packed layouts, which are
+// the tiles' own: keys [dim2 / 2][keys][2] and values [keys / 2][cols][2] are B tiles of
+// 16 pairs deep and 16 columns (64 bytes) wide; the query block and the probabilities
+// (AMX_ROWS rows) are A tiles; scores and results come out of C tiles as FP32 rows.
+#define AMX_BF16 \
+  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,fma")))
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+  void set(int tile, int rows_, int bytes) {
+    rows[tile] = static_cast<uint8_t>(rows_);
+    colsb[tile] = static_cast<uint16_t>(bytes);
+  }
+};
+
+// scores[AMX_ROWS][p.keys] = q_block[AMX_ROWS][dim2] . key^T in tiles, for heads of up to 64:
+// the query's one or two 32-column tiles (0, 1) held for all keys, their keys' B tiles (2, 3),
+// four C tiles (4-7): 64 keys a step, four sums in flight. Each row's largest over the n real
+// keys is taken as the step's scores come out, while they are in L1.
+AMX_BF16 void scores_kernel_amx_held(const uint16_t* q, const uint16_t* key, const Packed& p, int64_t n,
+                                     float* scores, float* row_max) {
+  const int64_t key_bytes = p.keys * 4, first_cols = std::min<int64_t>(p.dim2, 32), second_cols = p.dim2 - first_cols;
+  TileConfig config;
+  config.set(0, AMX_ROWS, static_cast<int>(first_cols * 2));
+  config.set(2, static_cast<int>(first_cols / 2), 64);
+  if (second_cols) {
+    config.set(1, AMX_ROWS, static_cast<int>(second_cols * 2));
+    config.set(3, static_cast<int>(second_cols / 2), 64);
+  }
+  for (int t = 4; t < 8; ++t) config.set(t, AMX_ROWS, 64);
+  _tile_loadconfig(&config);
+  _tile_loadd(0, q, p.dim2 * 2);
+  if (second_cols) _tile_loadd(1, q + 32, p.dim2 * 2);
+  const uint16_t* second = second_cols ? key + 16 * p.keys * 2 : key;  // the pairs from column 32 on
+  __m512 vmax[AMX_ROWS];
+  for (auto& m : vmax) m = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < p.keys; j += 64) {
+    const int tiles = j + 64 <= p.keys ? 4 : 2;  // the keys come in 32s
+#define KEYS(c, t)                                            \
+  _tile_zero(c);                                              \
+  _tile_loadd(2, key + (j + (t) * 16) * 2, key_bytes);        \
+  _tile_dpbf16ps(c, 0, 2);                                    \
+  if (second_cols) {                                          \
+    _tile_loadd(3, second + (j + (t) * 16) * 2, key_bytes);   \
+    _tile_dpbf16ps(c, 1, 3);                                  \
+  }                                                           \
+  _tile_stored(c, scores + j + (t) * 16, key_bytes);
+    KEYS(4, 0)
+    KEYS(5, 1)
+    if (tiles == 4) {
+      KEYS(6, 2)
+      KEYS(7, 3)
+    }
+#undef KEYS
+    for (int r = 0; r < AMX_ROWS; ++r)
+      for (int64_t t = 0; t < tiles && j + t * 16 < n; ++t)
+        vmax[r] = _mm512_mask_max_ps(vmax[r], first(n - j - t * 16), vmax[r],
+                                     _mm512_loadu_ps(scores + r * p.keys + j + t * 16));
+  }
+  for (int r = 0; r < AMX_ROWS; ++r) row_max[r] = _mm512_reduce_max_ps(vmax[r]);
+}
+
+// The same for wider heads: 32 columns of the query at a time (tile 0, the last dim2 % 32
+// tile 3), their keys' B tiles (1 and 2; 4 and 5), two C tiles (6, 7): 32 keys a step; then
+// each row's largest.
+AMX_BF16 void scores_kernel_amx_wide(const uint16_t* q, const uint16_t* key, const Packed& p, int64_t n,
+                                     float* scores, float* row_max) {
+  const int64_t key_bytes = p.keys * 4, full = p.dim2 / 32, rest = p.dim2 % 32;
+  TileConfig config;
+  config.set(0, AMX_ROWS, 64);
+  config.set(1, 16, 64);
+  config.set(2, 16, 64);
+  if (rest) {
+    config.set(3, AMX_ROWS, static_cast<int>(rest * 2));
+    config.set(4, static_cast<int>(rest / 2), 64);
+    config.set(5, static_cast<int>(rest / 2), 64);
+  }
+  config.set(6, AMX_ROWS, 64);
+  config.set(7, AMX_ROWS, 64);
+  _tile_loadconfig(&config);
+  for (int64_t j = 0; j < p.keys; j += KEY_TILE) {
+    _tile_zero(6);
+    _tile_zero(7);
+    for (int64_t f = 0; f < full; ++f) {
+      const uint16_t* k = key + (f * 16 * p.keys + j) * 2;
+      _tile_loadd(0, q + f * 32, p.dim2 * 2);
+      _tile_loadd(1, k, key_bytes);
+      _tile_loadd(2, k + 32, key_bytes);
+      _tile_dpbf16ps(6, 0, 1);
+      _tile_dpbf16ps(7, 0, 2);
+    }
+    if (rest) {
+      const uint16_t* k = key + (full * 16 * p.keys + j) * 2;
+      _tile_loadd(3, q + full * 32, p.dim2 * 2);
+      _tile_loadd(4, k, key_bytes);
+      _tile_loadd(5, k + 32, key_bytes);
+      _tile_dpbf16ps(6, 3, 4);
+      _tile_dpbf16ps(7, 3, 5);
+    }
+    _tile_stored(6, scores + j, key_bytes);
+    _tile_stored(7, scores + j + 16, key_bytes);
+  }
+  for (int r = 0; r < AMX_ROWS; ++r) {  // four maxima in flight, not one chain of them
+    const float* row = scores + r * p.keys;
+    __m512 vmax[4];
+    for (auto& m : vmax) m = _mm512_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 64 <= n; j += 64)
+      for (int i = 0; i < 4; ++i) vmax[i] = _mm512_max_ps(vmax[i], _mm512_loadu_ps(row + j + i * 16));
+    for (; j < n; j += 16) vmax[0] = _mm512_mask_max_ps(vmax[0], first(n - j), vmax[0], _mm512_loadu_ps(row + j));
+    row_max[r] = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(vmax[0], vmax[1]), _mm512_max_ps(vmax[2], vmax[3])));
+  }
+}
+
+// C tile 3 + t (TDPBF16PS names its tiles by constants).
+#define AMX_CASES(op) \
+  switch (t) {        \
+    case 0: op(3); break; \
+    case 1: op(4); break; \
+    case 2: op(5); break; \
+    case 3: op(6); break; \
+    default: op(7); break; \
+  }
+
+// out[AMX_ROWS][cols] = probs[AMX_ROWS][keys] . value, in tiles: five 16-column C tiles (3-7) at a
+// time over all keys, 32 keys a step (A tile 0; B tile 1, or 2 for the last 8 columns).
+AMX_BF16 void value_kernel_amx(const uint16_t* probs, const uint16_t* value, const Packed& p, float* out) {
+  const int64_t tiles = (p.cols + 15) / 16, value_bytes = p.cols * 4, out_bytes = p.cols * 4;
+  for (int64_t t0 = 0; t0 < tiles; t0 += 5) {
+    const int64_t count = std::min<int64_t>(5, tiles - t0);
+    const bool narrow_last = t0 + count == tiles && p.cols % 16 != 0;
+    TileConfig config;
+    config.set(0, AMX_ROWS, 64);
+    config.set(1, 16, 64);
+    config.set(2, 16, 32);
+    for (int64_t t = 0; t < count; ++t) config.set(3 + t, AMX_ROWS, narrow_last && t == count - 1 ? 32 : 64);
+    _tile_loadconfig(&config);
+    for (int64_t t = 0; t < count; ++t) {
+#define ZERO(c) _tile_zero(c)
+      AMX_CASES(ZERO)
+#undef ZERO
+    }
+    for (int64_t j = 0; j < p.keys; j += 32) {
+      _tile_loadd(0, probs + j, p.keys * 2);
+      const uint16_t* v = value + ((j / 2) * p.cols + t0 * 16) * 2;
+      for (int64_t t = 0; t < count; ++t) {
+        if (narrow_last && t == count - 1) {
+          _tile_loadd(2, v + t * 32, value_bytes);
+#define DP(c) _tile_dpbf16ps(c, 0, 2)
+          AMX_CASES(DP)
+#undef DP
+        } else {
+          _tile_loadd(1, v + t * 32, value_bytes);
+#define DP(c) _tile_dpbf16ps(c, 0, 1)
+          AMX_CASES(DP)
+#undef DP
+        }
+      }
+    }
+    for (int64_t t = 0; t < count; ++t) {
+#define STORE(c) _tile_stored(c, out + (t0 + t) * 16, out_bytes)
+      AMX_CASES(STORE)
+#undef STORE
+    }
+  }
+}
+#undef AMX_CASES
+
+// The keys' count as packed. For AMX one key tile more where rows of that many keys would
+// lie a multiple of 4 KB apart: the tiles' rows (a B tile's 16 key rows, 8 rows of scores)
+// would all fall into one set of the L1 cache and evict each other.
+int64_t padded_keys(int64_t n, bool int8, bool amx) {
+  const int64_t keys = round_up(n, int8 ? PV_BLOCK : KEY_TILE);
+  return amx && (keys * 4) % 4096 == 0 ? keys + KEY_TILE : keys;
+}
+
 // Keys and values of every (batch, head), packed.
 struct PackedKV {
   Packed p;
@@ -411,9 +593,8 @@ struct PackedKV {
   std::vector<float> key_scales, value_scales, value_means;
   std::vector<int32_t> key_sums;
 
-  PackedKV(const at::Tensor& k, const at::Tensor& v, bool int8_)
-      : p{round_up(k.size(3), 2), round_up(k.size(3), 4), round_up(k.size(2), int8_ ? PV_BLOCK : KEY_TILE),
-          round_up(k.size(3), 8)},
+  PackedKV(const at::Tensor& k, const at::Tensor& v, bool int8_, bool amx)
+      : p{round_up(k.size(3), 2), round_up(k.size(3), 4), padded_keys(k.size(2), int8_, amx), round_up(k.size(3), 8)},
         int8(int8_) {
     const int64_t heads = k.size(1), pairs = k.size(0) * heads, n = k.size(2), d = k.size(3);
     if (int8) {
@@ -455,19 +636,21 @@ struct Job {
   int64_t q_stride[3], out_stride[3];
   int64_t heads, blocks, nq, nk, d;
   float scale;
+  bool amx;  // both products in BF16 in AMX tiles, AMX_ROWS query rows a task (else ROWS)
 };
 
 struct Scratch {
-  explicit Scratch(const Packed& p)
-      : qblock(ROWS * p.dim2), qblock8(ROWS * p.dim4), probs(ROWS * p.keys), probs8(ROWS * p.keys),
-        block_scales(ROWS * (p.keys / PV_BLOCK)), scores(ROWS * p.keys), result(ROWS * p.cols) {}
+  Scratch(const Packed& p, int64_t rows)
+      : qblock(rows * p.dim2), qblock8(rows * p.dim4), probs(rows * p.keys), probs8(rows * p.keys),
+        block_scales(rows * (p.keys / PV_BLOCK)), scores(rows * p.keys), result(rows * p.cols) {}
   std::vector<uint16_t> qblock;
   std::vector<uint8_t> qblock8;
   std::vector<uint16_t> probs;
   std::vector<uint8_t> probs8;
   std::vector<float> block_scales;
   std::vector<float> scores, result;
-  float row_scale[ROWS], row_max[ROWS];  // each row's scores are scores * row_scale, their largest row_max
+  // each row's scores are scores * row_scale, their largest row_max
+  float row_scale[AMX_ROWS], row_max[AMX_ROWS];
 };
 
 // The block's scores, from BF16 or (kv.int8) from u8 queries quantized here per row, and
@@ -563,6 +746,36 @@ AVX512_BF16 void values_int8(const Job& job, int64_t bh, Scratch& s) {
   }
 }
 
+// attend in AMX tiles: AMX_ROWS query rows, both products in BF16 tiles, the softmax as
+// the AVX-512 kernel computes it, ROWS rows at a time.
+AMX_BF16 void attend_amx(const Job& job, int64_t task, Scratch& s) {
+  const Packed& p = job.kv.p;
+  const int64_t bh = task / job.blocks, row0 = (task % job.blocks) * AMX_ROWS;
+  const int64_t b = bh / job.heads, h = bh % job.heads, rows = std::min(AMX_ROWS, job.nq - row0), d = job.d;
+  const at::BFloat16* q = job.q + b * job.q_stride[0] + h * job.q_stride[1] + row0 * job.q_stride[2];
+  std::fill(s.qblock.begin(), s.qblock.end(), 0);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(s.qblock.data() + r * p.dim2, q + r * job.q_stride[2], d * 2);
+  (p.dim2 <= 64 ? scores_kernel_amx_held : scores_kernel_amx_wide)(
+      s.qblock.data(), job.kv.key.data() + bh * p.key_size(), p, job.nk, s.scores.data(), s.row_max);
+  std::fill(s.row_scale, s.row_scale + AMX_ROWS, job.scale);
+  float sums[AMX_ROWS];
+  for (int64_t r = 0; r < AMX_ROWS; r += ROWS)
+    softmax_rows(s.scores.data() + r * p.keys, s.row_max + r, job.nk, p, s.row_scale + r, s.probs.data() + r * p.keys,
+                 sums + r);
+  value_kernel_amx(s.probs.data(), job.kv.value.data() + bh * p.value_size(), p, s.result.data());
+  at::BFloat16* out = job.out + b * job.out_stride[0] + h * job.out_stride[1] + row0 * job.out_stride[2];
+  for (int64_t r = 0; r < rows; ++r) {
+    uint16_t* dst = reinterpret_cast<uint16_t*>(out + r * job.out_stride[2]);
+    const float* src = s.result.data() + r * p.cols;
+    const __m512 inv = _mm512_set1_ps(1.0f / sums[r]);
+    for (int64_t c = 0; c < d; c += 16) {
+      const __mmask16 m = first(d - c);
+      _mm256_mask_storeu_epi16(dst + c, m,
+                               (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, src + c), inv)));
+    }
+  }
+}
+
 AVX512_BF16 void attend(const Job& job, int64_t task, Scratch& s) {
   const Packed& p = job.kv.p;
   const int64_t bh = task / job.blocks, row0 = (task % job.blocks) * ROWS;
@@ -584,56 +797,61 @@ AVX512_BF16 void attend(const Job& job, int64_t task, Scratch& s) {
   }
 }
 
-void fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool int8,
+AMX_BF16 void release_tiles() { _tile_release(); }
+
+// int8: both products in INT8 (AVX-512 VNNI); amx: both in BF16 in AMX tiles; else AVX-512 BF16.
+void fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool int8, bool amx,
                      at::Tensor& out) {
-  const PackedKV kv(k, v, int8);
-  const int64_t blocks = (q.size(2) + ROWS - 1) / ROWS;
+  amx = amx && !int8;
+  const PackedKV kv(k, v, int8, amx);
+  const int64_t rows = amx ? AMX_ROWS : ROWS, blocks = (q.size(2) + rows - 1) / rows;
   const Job job{q.const_data_ptr<at::BFloat16>(), out.mutable_data_ptr<at::BFloat16>(), kv,
                 {q.stride(0), q.stride(1), q.stride(2)}, {out.stride(0), out.stride(1), out.stride(2)},
-                q.size(1), blocks, q.size(2), k.size(2), q.size(3), static_cast<float>(scale)};
+                q.size(1), blocks, q.size(2), k.size(2), q.size(3), static_cast<float>(scale), amx};
   at::parallel_for(0, q.size(0) * q.size(1) * blocks, 1, [&](int64_t begin, int64_t end) {
-    Scratch scratch(kv.p);
-    for (int64_t task = begin; task < end; ++task) attend(job, task, scratch);
+    Scratch scratch(kv.p, rows);
+    for (int64_t task = begin; task < end; ++task) (amx ? attend_amx : attend)(job, task, scratch);
+    if (amx) release_tiles();  // this thread's tile state, back to the OS
   });
 }
 
+// AMX, and this process's permission to use its tile registers, which Linux grants once asked
+// (arch_prctl ARCH_REQ_XCOMP_PERM for the tile data state, feature 18).
 bool has_amx() {
-  static const bool has = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16");
+  constexpr int REQUEST_PERMISSION = 0x1023, TILE_DATA = 18;
+  static const bool has = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+                          syscall(SYS_arch_prctl, REQUEST_PERMISSION, TILE_DATA) == 0;
   return has;
 }
 
-// Which code the ops run for BF16 inputs: auto (the kernels where they are fastest: AVX-512
-// BF16 without AMX), fused (the kernels wherever they can run: AVX-512 BF16) or aten (ATen's
-// SDPA). One choice per process.
-enum Backend : int { AUTO, FUSED, ATEN };
-constexpr const char* BACKENDS[] = {"auto", "fused", "aten"};
+// What the ops run for BF16 inputs: the AVX-512 kernels (fused), the same with both products
+// in AMX tiles (amx), or ATen's SDPA (aten); auto picks amx with AMX, fused with AVX-512 BF16,
+// else aten, and amx or fused stand for the fastest kernel the CPU can run. One choice per process.
+enum Backend : int { AUTO, FUSED, AMX, ATEN };
+constexpr const char* BACKENDS[] = {"auto", "fused", "amx", "aten"};
 std::atomic<int> chosen{AUTO};
 
-bool fused() {
-  switch (chosen.load()) {
-    case FUSED:
-      return has_avx512_bf16();
-    case ATEN:
-      return false;
-    default:
-      return has_avx512_bf16() && !has_amx();
-  }
+Backend effective() {
+  const int choice = chosen.load();
+  if (choice == ATEN || !has_avx512_bf16()) return ATEN;
+  if (choice != FUSED && has_amx()) return AMX;
+  return FUSED;
 }
 
-std::string attention_backend() { return fused() ? "fused" : "aten"; }
+std::string attention_backend() { return BACKENDS[effective()]; }
 
 // Sets the choice and returns the one it replaces.
 std::string set_attention_backend(std::string backend) {
   const auto found = std::find(std::begin(BACKENDS), std::end(BACKENDS), backend);
-  TORCH_CHECK(found != std::end(BACKENDS), "attention backend must be auto, fused or aten, not ", backend);
+  TORCH_CHECK(found != std::end(BACKENDS), "attention backend must be auto, fused, amx or aten, not ", backend);
   return BACKENDS[chosen.exchange(static_cast<int>(found - std::begin(BACKENDS)))];
 }
 
-bool fast_path(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  return fused() && q.device().is_cpu() && q.scalar_type() == at::kBFloat16 &&
-         k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16 && q.dim() == 4 && k.dim() == 4 &&
-         v.dim() == 4 && q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3) &&
-         k.sizes() == v.sizes() && k.size(2) > 0;
+bool kernel_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return q.device().is_cpu() && q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
+         v.scalar_type() == at::kBFloat16 && q.dim() == 4 && k.dim() == 4 && v.dim() == 4 &&
+         q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3) && k.sizes() == v.sizes() &&
+         k.size(2) > 0;
 }
 
 // [batch, heads, tokens, head_dim] viewing [batch, tokens, heads, head_dim]: what the ops return.
@@ -641,8 +859,15 @@ at::Tensor output_for(const at::Tensor& q, const at::Tensor& v) {
   return at::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options()).transpose(1, 2);
 }
 
+// Where the AMX kernel beats ATen's flash attention, which multiplies in AMX tiles too
+// (bench/attention.py on a Xeon with AMX): few keys (cross-attention's 77) at any head size,
+// and up to 4096 keys with heads of up to 64 (scores_kernel_amx_held). With
+// more keys its rows of scores outgrow the L2 cache, where flash attention's blocks do not.
+bool amx_wins(int64_t keys, int64_t head_dim) { return keys <= 128 || (keys <= 4096 && head_dim <= 64); }
+
 at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool int8) {
-  if (!fast_path(q, k, v)) {
+  const Backend backend = effective();
+  if (backend == ATEN || !kernel_inputs(q, k, v) || (backend == AMX && !amx_wins(k.size(2), k.size(3)))) {
     at::Tensor sdpa = at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale);
     // ATen's CPU flash attention writes that layout itself; other paths are copied into it.
     return sdpa.transpose(1, 2).is_contiguous() ? sdpa : output_for(q, v).copy_(sdpa);
@@ -650,7 +875,7 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, do
   at::Tensor out = output_for(q, v);
   // The kernels read rows with a unit stride along head_dim; other layouts are copied.
   auto rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
-  fused_attention(rows(q), rows(k), rows(v), scale, int8, out);
+  fused_attention(rows(q), rows(k), rows(v), scale, int8 && backend == FUSED, backend == AMX, out);
   return out;
 }
 

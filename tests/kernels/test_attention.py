@@ -42,16 +42,45 @@ def _cpu_flags() -> set[str]:
     return {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":")[1].split()}
 
 
-def test_the_cpu_with_avx512_bf16_runs_the_kernel_unless_it_has_amx():
+def test_the_cpu_picks_the_kernel_amx_with_amx_and_avx512_without():
     flags = _cpu_flags()
-    assert torch.ops.mixdiff.accelerated() == ({"avx512_bf16", "avx512bw"} <= flags)
-    assert backend() == ("fused" if torch.ops.mixdiff.accelerated() else "aten")  # as the fixture chose
+    accelerated, amx = {"avx512_bf16", "avx512bw"} <= flags, {"amx_tile", "amx_bf16"} <= flags
+    assert torch.ops.mixdiff.accelerated() == accelerated
+    kernel = "fused" if accelerated else "aten"
+    assert backend() == kernel  # as the fixture chose
     with attention_backend("auto"):
-        amx = {"amx_tile", "amx_bf16"} <= flags
-        assert backend() == ("fused" if torch.ops.mixdiff.accelerated() and not amx else "aten")
+        assert backend() == ("amx" if accelerated and amx else kernel)
+    with attention_backend("amx"):  # the fastest kernel the CPU can run
+        assert backend() == ("amx" if accelerated and amx else kernel)
     with attention_backend("aten"):
         assert backend() == "aten"
-    assert backend() == ("fused" if torch.ops.mixdiff.accelerated() else "aten")  # restored
+    assert backend() == kernel  # restored
+
+
+@pytest.mark.parametrize(
+    "tokens,keys,head_dim",
+    [
+        (4096, 4096, 40),  # SD 1.5 at 64x64 latents: in AMX tiles
+        (1024, 77, 80),  # cross-attention: in AMX tiles
+        (256, 256, 160),  # ATen's SDPA with AMX
+        (300, 600, 64),  # two 32-column query tiles held
+        (33, 17, 6),  # nothing a multiple of a tile
+        (1, 1, 2),
+        (9, 100, 3),
+        (20, 40, 70),  # query rows in three tiles
+    ],
+)
+def test_the_amx_kernel_matches_sdpa(tokens, keys, head_dim):
+    q, k, v = _qkv(2, 3, tokens, keys, head_dim)
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    sdpa = F.scaled_dot_product_attention(q, k, v)
+    with attention_backend("amx"):  # the AVX-512 kernel where the CPU has no AMX
+        out = torch.ops.mixdiff.attention(q, k, v, head_dim**-0.5)
+        int8 = torch.ops.mixdiff.int8_attention(q, k, v, head_dim**-0.5)
+    assert out.transpose(1, 2).is_contiguous()
+    assert _rel(out, reference) <= 1.2 * _rel(sdpa, reference) + 1e-3
+    if backend() == "amx":  # with AMX, int8_attention multiplies in BF16 tiles too
+        torch.testing.assert_close(int8, out, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("op", ["attention", "int8_attention"])
@@ -64,8 +93,8 @@ def test_the_aten_backend_is_sdpa(op):
 
 
 def test_an_unknown_backend_is_refused():
-    with pytest.raises(RuntimeError, match="auto, fused or aten, not amx"):
-        torch.ops.mixdiff.set_attention_backend("amx")
+    with pytest.raises(RuntimeError, match="auto, fused, amx or aten, not tiles"):
+        torch.ops.mixdiff.set_attention_backend("tiles")
     assert backend() == ("fused" if torch.ops.mixdiff.accelerated() else "aten")
 
 
