@@ -526,12 +526,14 @@ def onednn_markdown(profiles: dict[str, dict], variants: dict[str, dict]) -> lis
     unlogged = (1000 * variants[name]["median_seconds"] for name in names)
     return [
         "oneDNN in one step (`--onednn-profile`: one more step of each variant with oneDNN's verbose log, "
-        "which slows every call; ms (calls) per primitive kind and source data type):",
+        "which slows every call; ms (calls) per primitive kind and source data type). Convolutions, matmuls "
+        "and reorders are each one call that uses every thread; `brgemm` is called by each thread at once "
+        "(ATen's flash attention), so its time adds up over the threads:",
         "",
         f"| oneDNN primitive | {cells(names)} |",
         "|---|" + "---|" * len(names),
         *rows,
-        f"| all oneDNN (logged) | {cells(f'{ms:.0f}' for ms in logged)} |",
+        f"| all oneDNN (logged, summed as above) | {cells(f'{ms:.0f}' for ms in logged)} |",
         f"| the step, unlogged (median) | {cells(f'{ms:.0f}' for ms in unlogged)} |",
     ]
 

@@ -97,7 +97,7 @@ def test_the_onednn_profile_is_tabulated_per_variant_beside_the_unlogged_step():
         "| convolution bf16 | 500 (98) |  |",  # the costliest first
         "| convolution u8 |  | 300 (98) |",
         "| matmul bf16 | 200 (184) | 20 (10) |",
-        "| all oneDNN (logged) | 700 | 320 |",
+        "| all oneDNN (logged, summed as above) | 700 | 320 |",
         "| the step, unlogged (median) | 1300 | 1200 |",
     ]
 
