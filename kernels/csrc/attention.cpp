@@ -491,22 +491,19 @@ AMX_BF16 void scores_kernel_amx_wide(const uint16_t* q, const uint16_t* key, con
   for (int64_t j = 0; j < p.keys; j += KEY_TILE) {
     _tile_zero(6);
     _tile_zero(7);
-    for (int64_t f = 0; f < full; ++f) {
-      const uint16_t* k = key + (f * 16 * p.keys + j) * 2;
-      _tile_loadd(0, q + f * 32, p.dim2 * 2);
-      _tile_loadd(1, k, key_bytes);
-      _tile_loadd(2, k + 32, key_bytes);
-      _tile_dpbf16ps(6, 0, 1);
-      _tile_dpbf16ps(7, 0, 2);
-    }
-    if (rest) {
-      const uint16_t* k = key + (full * 16 * p.keys + j) * 2;
-      _tile_loadd(3, q + full * 32, p.dim2 * 2);
-      _tile_loadd(4, k, key_bytes);
-      _tile_loadd(5, k + 32, key_bytes);
-      _tile_dpbf16ps(6, 3, 4);
-      _tile_dpbf16ps(7, 3, 5);
-    }
+// The query's columns from `column` on (A tile a) times their 32 keys' pairs (B tiles b0, b1).
+#define COLUMNS(a, b0, b1, column)                                 \
+  {                                                                \
+    const uint16_t* k = key + ((column) / 2 * p.keys + j) * 2;     \
+    _tile_loadd(a, q + (column), p.dim2 * 2);                      \
+    _tile_loadd(b0, k, key_bytes);                                 \
+    _tile_loadd(b1, k + 32, key_bytes);                            \
+    _tile_dpbf16ps(6, a, b0);                                      \
+    _tile_dpbf16ps(7, a, b1);                                      \
+  }
+    for (int64_t f = 0; f < full; ++f) COLUMNS(0, 1, 2, f * 32)
+    if (rest) COLUMNS(3, 4, 5, full * 32)
+#undef COLUMNS
     _tile_stored(6, scores + j, key_bytes);
     _tile_stored(7, scores + j + 16, key_bytes);
   }
