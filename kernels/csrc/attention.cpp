@@ -633,7 +633,6 @@ struct Job {
   int64_t q_stride[3], out_stride[3];
   int64_t heads, blocks, nq, nk, d;
   float scale;
-  bool amx;  // both products in BF16 in AMX tiles, AMX_ROWS query rows a task (else ROWS)
 };
 
 struct Scratch {
@@ -650,6 +649,28 @@ struct Scratch {
   float row_scale[AMX_ROWS], row_max[AMX_ROWS];
 };
 
+// The task's query rows, BF16, into s.qblock ([rows][dim2], zeros past them and past head_dim).
+void copy_query(const Job& job, const at::BFloat16* q, int64_t rows, Scratch& s) {
+  std::fill(s.qblock.begin(), s.qblock.end(), 0);
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(s.qblock.data() + r * job.kv.p.dim2, q + r * job.q_stride[2], job.d * 2);
+}
+
+// s.result's first rows, each times factor[r] where factor is given, into out as BF16.
+AVX512_BF16 void store_rows(const Job& job, at::BFloat16* out, int64_t rows, const Scratch& s, const float* factor) {
+  for (int64_t r = 0; r < rows; ++r) {
+    uint16_t* dst = reinterpret_cast<uint16_t*>(out + r * job.out_stride[2]);
+    const float* src = s.result.data() + r * job.kv.p.cols;
+    const __m512 f = _mm512_set1_ps(factor ? factor[r] : 1.0f);
+    for (int64_t c = 0; c < job.d; c += 16) {
+      const __mmask16 m = first(job.d - c);
+      __m512 x = _mm512_maskz_loadu_ps(m, src + c);
+      if (factor) x = _mm512_mul_ps(x, f);
+      _mm256_mask_storeu_epi16(dst + c, m, (__m256i)_mm512_cvtneps_pbh(x));
+    }
+  }
+}
+
 // The block's scores, from BF16 or (kv.int8) from u8 queries quantized here per row, and
 // the scale that the softmax takes them at.
 AVX512_BF16 void block_scores(const Job& job, int64_t bh, const at::BFloat16* q, int64_t rows, Scratch& s) {
@@ -657,8 +678,7 @@ AVX512_BF16 void block_scores(const Job& job, int64_t bh, const at::BFloat16* q,
   const Packed& p = kv.p;
   const int64_t d = job.d;
   if (!kv.int8) {
-    std::fill(s.qblock.begin(), s.qblock.end(), 0);
-    for (int64_t r = 0; r < rows; ++r) std::memcpy(s.qblock.data() + r * p.dim2, q + r * job.q_stride[2], d * 2);
+    copy_query(job, q, rows, s);
     scores_kernel(s.qblock.data(), kv.key.data() + bh * p.key_size(), p, job.nk, s.scores.data(), s.row_max);
     std::fill(s.row_scale, s.row_scale + ROWS, job.scale);
     return;
@@ -748,10 +768,8 @@ AVX512_BF16 void values_int8(const Job& job, int64_t bh, Scratch& s) {
 AMX_BF16 void attend_amx(const Job& job, int64_t task, Scratch& s) {
   const Packed& p = job.kv.p;
   const int64_t bh = task / job.blocks, row0 = (task % job.blocks) * AMX_ROWS;
-  const int64_t b = bh / job.heads, h = bh % job.heads, rows = std::min(AMX_ROWS, job.nq - row0), d = job.d;
-  const at::BFloat16* q = job.q + b * job.q_stride[0] + h * job.q_stride[1] + row0 * job.q_stride[2];
-  std::fill(s.qblock.begin(), s.qblock.end(), 0);
-  for (int64_t r = 0; r < rows; ++r) std::memcpy(s.qblock.data() + r * p.dim2, q + r * job.q_stride[2], d * 2);
+  const int64_t b = bh / job.heads, h = bh % job.heads, rows = std::min(AMX_ROWS, job.nq - row0);
+  copy_query(job, job.q + b * job.q_stride[0] + h * job.q_stride[1] + row0 * job.q_stride[2], rows, s);
   (p.dim2 <= 64 ? scores_kernel_amx_held : scores_kernel_amx_wide)(
       s.qblock.data(), job.kv.key.data() + bh * p.key_size(), p, job.nk, s.scores.data(), s.row_max);
   std::fill(s.row_scale, s.row_scale + AMX_ROWS, job.scale);
@@ -760,51 +778,34 @@ AMX_BF16 void attend_amx(const Job& job, int64_t task, Scratch& s) {
     softmax_rows(s.scores.data() + r * p.keys, s.row_max + r, job.nk, p, s.row_scale + r, s.probs.data() + r * p.keys,
                  sums + r);
   value_kernel_amx(s.probs.data(), job.kv.value.data() + bh * p.value_size(), p, s.result.data());
-  at::BFloat16* out = job.out + b * job.out_stride[0] + h * job.out_stride[1] + row0 * job.out_stride[2];
-  for (int64_t r = 0; r < rows; ++r) {
-    uint16_t* dst = reinterpret_cast<uint16_t*>(out + r * job.out_stride[2]);
-    const float* src = s.result.data() + r * p.cols;
-    const __m512 inv = _mm512_set1_ps(1.0f / sums[r]);
-    for (int64_t c = 0; c < d; c += 16) {
-      const __mmask16 m = first(d - c);
-      _mm256_mask_storeu_epi16(dst + c, m,
-                               (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, src + c), inv)));
-    }
-  }
+  float inv[AMX_ROWS];
+  for (int r = 0; r < AMX_ROWS; ++r) inv[r] = 1.0f / sums[r];
+  store_rows(job, job.out + b * job.out_stride[0] + h * job.out_stride[1] + row0 * job.out_stride[2], rows, s, inv);
 }
 
 AVX512_BF16 void attend(const Job& job, int64_t task, Scratch& s) {
-  const Packed& p = job.kv.p;
   const int64_t bh = task / job.blocks, row0 = (task % job.blocks) * ROWS;
-  const int64_t b = bh / job.heads, h = bh % job.heads, rows = std::min(ROWS, job.nq - row0), d = job.d;
+  const int64_t b = bh / job.heads, h = bh % job.heads, rows = std::min(ROWS, job.nq - row0);
   block_scores(job, bh, job.q + b * job.q_stride[0] + h * job.q_stride[1] + row0 * job.q_stride[2], rows, s);
   if (job.kv.int8)
     values_int8(job, bh, s);
   else
     values_bf16(job, bh, s);
-
-  at::BFloat16* out = job.out + b * job.out_stride[0] + h * job.out_stride[1] + row0 * job.out_stride[2];
-  for (int64_t r = 0; r < rows; ++r) {
-    uint16_t* dst = reinterpret_cast<uint16_t*>(out + r * job.out_stride[2]);
-    const float* src = s.result.data() + r * p.cols;
-    for (int64_t c = 0; c < d; c += 16) {
-      const __mmask16 m = first(d - c);
-      _mm256_mask_storeu_epi16(dst + c, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + c)));
-    }
-  }
+  store_rows(job, job.out + b * job.out_stride[0] + h * job.out_stride[1] + row0 * job.out_stride[2], rows, s,
+             nullptr);
 }
 
 AMX_BF16 void release_tiles() { _tile_release(); }
 
-// int8: both products in INT8 (AVX-512 VNNI); amx: both in BF16 in AMX tiles; else AVX-512 BF16.
+// int8: both products in INT8 (AVX-512 VNNI); amx (never with int8): both in BF16 in AMX
+// tiles, AMX_ROWS query rows a task; else AVX-512 BF16, ROWS a task.
 void fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool int8, bool amx,
                      at::Tensor& out) {
-  amx = amx && !int8;
   const PackedKV kv(k, v, int8, amx);
   const int64_t rows = amx ? AMX_ROWS : ROWS, blocks = (q.size(2) + rows - 1) / rows;
   const Job job{q.const_data_ptr<at::BFloat16>(), out.mutable_data_ptr<at::BFloat16>(), kv,
                 {q.stride(0), q.stride(1), q.stride(2)}, {out.stride(0), out.stride(1), out.stride(2)},
-                q.size(1), blocks, q.size(2), k.size(2), q.size(3), static_cast<float>(scale), amx};
+                q.size(1), blocks, q.size(2), k.size(2), q.size(3), static_cast<float>(scale)};
   at::parallel_for(0, q.size(0) * q.size(1) * blocks, 1, [&](int64_t begin, int64_t end) {
     Scratch scratch(kv.p, rows);
     for (int64_t task = begin; task < end; ++task) (amx ? attend_amx : attend)(job, task, scratch);
