@@ -43,6 +43,12 @@ def executions(text: str, mark: str = "MARK"):
         yield fields[i + 2], fields[i + 3], fields[i + 5], fields[-2], ms
 
 
+def _data_type(field: str, memory: str) -> str | None:
+    """The data type of ``field`` (``src``, ``wei``, ``dst``) in an execution's memory descriptors."""
+    found = re.findall(rf"{field}:(\w+)", memory)
+    return found[0] if found else None
+
+
 def record(call: Callable[[], object]) -> str:
     """oneDNN's verbose log of one ``call`` in this process, after a ``MARK`` line (as ``executions``
     reads it). oneDNN writes it to the process's standard output, which is taken for the call."""
@@ -66,8 +72,8 @@ def by_kind(text: str) -> dict[str, dict]:
     ``matmul bf16``, ...) of the executions after ``MARK``, the costliest first."""
     totals: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
     for kind, _, memory, _, ms in executions(text):
-        src = re.findall(r"src[a-z_]*:(\w+)", memory)
-        total = totals[f"{kind} {src[0]}" if src else kind]
+        src = _data_type("src", memory)
+        total = totals[f"{kind} {src}" if src else kind]
         total[0] += 1
         total[1] += ms
     ranked = sorted(totals.items(), key=lambda kv: -kv[1][1])
@@ -96,11 +102,10 @@ def main() -> None:
         if args.shapes:
             if kind not in ("matmul", "convolution"):
                 continue
-            key = (kind, problem, re.findall(r"dst:(\w+)", memory)[0])
+            key = (kind, problem, _data_type("dst", memory))
             totals[key][2] += multiply_accumulates(kind, problem)
         else:
-            src, wei = re.findall(r"src:(\w+)", memory), re.findall(r"wei:(\w+)", memory)
-            key = (kind, impl or "-", src[0] if src else "-", wei[0] if wei else "-")
+            key = (kind, impl or "-", _data_type("src", memory) or "-", _data_type("wei", memory) or "-")
         totals[key][0] += 1
         totals[key][1] += ms
     grand = sum(ms for _, ms, _ in totals.values())

@@ -453,7 +453,7 @@ def host_line() -> str:
     threads, accelerated = torch.get_num_threads(), torch.ops.mixdiff.accelerated()
     return (
         f"{cpu_model()}, torch {torch.__version__}, {threads} threads, AVX-512 BF16 kernels: {accelerated}, "
-        f"attention ops: {torch.ops.mixdiff.attention_backend()}"
+        f"attention ops: {attention.backend()}"
     )
 
 
