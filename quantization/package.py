@@ -29,7 +29,16 @@ from torch.export.pt2_archive._package import PT2ArchiveReader, PT2ArchiveWriter
 from quantization.aoti_codegen import releasing_optional_tensor_handles
 from quantization.graph import example_args
 from quantization.inputs import BATCH, UNetInputs, run_in_batches
-from quantization.runtime import ALIGNMENT, BLOB_KEY, FORMAT, MANIFEST, cpu_flags, portable_isa, sha256
+from quantization.runtime import (
+    ALIGNMENT,
+    BLOB_KEY,
+    FORMAT,
+    MANIFEST,
+    cpu_flags,
+    portable_isa,
+    sha256,
+    weight_layout,
+)
 
 #: gcc ``-m`` flags Inductor compiles CPU kernels with, and the /proc/cpuinfo flag each needs.
 _GCC_TO_CPUINFO = {
@@ -234,6 +243,7 @@ def runtime_record() -> dict:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpu_features": required_cpu_features(),
+        "weight_layout": weight_layout(),  # what oneDNN prepacked the weights for (runtime.layout_warning)
     }
 
 

@@ -30,6 +30,7 @@ from quantization.runtime import (
     load_package,
     load_variant,
     verify,
+    weight_layout,
 )
 
 pytestmark = pytest.mark.slow
@@ -183,6 +184,30 @@ def test_packages_need_avx512_not_amx(tiny_artifact):
     features = manifest["runtime"]["cpu_features"]
     assert features and not [f for f in features if f.startswith("amx")], features
     assert set(features) <= cpu_flags()
+
+
+def test_manifest_records_the_weight_layout_of_the_build_cpu(tiny_artifact):
+    _, manifest = tiny_artifact
+    assert manifest["runtime"]["weight_layout"] == weight_layout()
+
+
+def test_artifact_laid_out_for_the_other_kind_of_cpu_loads_with_a_warning(artifact_copy, tiny_pipe, caplog):
+    """Weights prepacked for the other kind of CPU cost speed, not correctness: the artifact
+    loads, and the log says why it is slower and what to do."""
+    other = {"amx": "avx512", "avx512": "amx"}[weight_layout()]
+    _edit_manifest(artifact_copy, lambda m: m["runtime"].update(weight_layout=other))
+    with caplog.at_level("WARNING", logger="quantization.runtime"):
+        variant = load_variant(artifact_copy, tiny_pipe)
+    assert variant.precision == "int8"
+    assert "weights are laid out for a CPU" in caplog.text and "quantize on a CPU like this one" in caplog.text
+
+
+def test_matching_or_unrecorded_weight_layout_loads_without_a_warning(artifact_copy, tiny_pipe, caplog):
+    with caplog.at_level("WARNING", logger="quantization.runtime"):
+        load_variant(artifact_copy, tiny_pipe)
+        _edit_manifest(artifact_copy, lambda m: m["runtime"].pop("weight_layout"))
+        load_variant(artifact_copy, tiny_pipe)
+    assert "laid out" not in caplog.text
 
 
 def test_artifact_of_another_unet_is_refused(artifact_copy):

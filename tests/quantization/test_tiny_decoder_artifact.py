@@ -23,7 +23,7 @@ from app.pipeline.loop import MixedPrecisionPipeline
 from app.pipeline.tiny import build_tiny_pipeline, tiny_decoder
 from app.pipeline.types import GenerationParams
 from app.settings import REPO_ROOT
-from quantization.runtime import ArtifactError, load_decoder
+from quantization.runtime import ArtifactError, load_decoder, weight_layout
 
 PARAMS = GenerationParams(prompt="a red circle", steps=2, seed=3)
 
@@ -114,6 +114,18 @@ def test_the_embedded_models_int8_tiny_decoders_verify_and_need_avx512_not_amx(n
     assert "avx512f" in decoder.manifest["runtime"]["cpu_features"]
     assert not any("amx" in flag for flag in decoder.manifest["runtime"]["cpu_features"])
     assert decoder.manifest["fidelity"]["int8_psnr_db_min"] > 40
+
+def test_a_decoder_laid_out_for_the_other_kind_of_cpu_loads_with_a_warning(model, tmp_path, caplog):
+    copy = shutil.copytree(model / "vae_tiny", tmp_path / "vae_tiny")
+    manifest_path = copy / "int8" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    other = {"amx": "avx512", "avx512": "amx"}[weight_layout()]
+    manifest_path.write_text(json.dumps({**manifest, "runtime": {**manifest["runtime"], "weight_layout": other}}))
+    with caplog.at_level(logging.WARNING, logger="quantization.runtime"):
+        decoder = load_decoder(copy / "int8", load_tiny_decoder(model), "tiny-int8")
+    assert decoder.image_size == (64, 64)
+    assert "weights are laid out for a CPU" in caplog.text
+
 
 def test_a_damaged_package_or_manifest_is_refused_naming_it(model, tmp_path):
     copy = shutil.copytree(model / "vae_tiny", tmp_path / "vae_tiny")
