@@ -111,7 +111,7 @@ def prepare(work: Path, unet: str = "sd15") -> Path:
                 raise ArtifactError("made with another recipe than this mixdiff's")
         except ArtifactError as exc:
             if artifact.exists():
-                print(f"rebuilding {artifact}: {exc}", flush=True)
+                unet_step.say(f"rebuilding {artifact}: {exc}", "service")
                 shutil.rmtree(artifact)
             stale[name] = method
     if not stale:
@@ -120,8 +120,9 @@ def prepare(work: Path, unet: str = "sd15") -> Path:
     if not (folder / "model_index.json").is_file():
         pipe.save_pretrained(folder)
     inputs = [unet_step.random_inputs(pipe.unet, t, seed=i) for i, t in enumerate(_TIMESTEPS)]
-    for name, method in stale.items():
+    for number, (name, method) in enumerate(stale.items(), 1):
         artifact = folder / "quantized" / name
+        unet_step.say(f"building the {name} artifact ({number}/{len(stale)}, minutes)", "service")
         build_from_inputs(method, pipe, inputs, artifact, _OPTIONS, source={"inputs": "random, at spread timesteps"})
     # The build's memory (gigabytes for SD 1.5) back to the system before the servers start
     # beside this process: kept, it and a compiled server's worker ran the machine out of memory.
@@ -161,6 +162,7 @@ def measure(folder: Path, *, mode: str, rounds: int, size: int, steps: int, log:
         "--precisions", f"{bf16},int8", "--workers", "1", "--cores-per-worker", str(cores),
         "--request-timeout", "3600", "--queue-size", "1", *(["--compile"] if compile else []),
     ]  # fmt: skip
+    unet_step.say(f"starting the server, BF16 {mode}", "service")
     start = time.perf_counter()
     with open(log, "ab") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -172,9 +174,11 @@ def measure(folder: Path, *, mode: str, rounds: int, size: int, steps: int, log:
                 time.sleep(0.2)
             ready_seconds = time.perf_counter() - start
             at_ready = _memory(worker["pid"])
+            unet_step.say(f"ready in {ready_seconds:.0f} s", "service")
             times: dict[str, list[dict]] = {label: [] for label in schedules(bf16)}
-            for _ in range(rounds):
+            for done in range(rounds):
                 for label, precision in schedules(bf16).items():
+                    unet_step.say(f"round {done + 1}/{rounds}: a {steps}-step image, {label}", "service")
                     body = {"prompt": "a red circle", "steps": steps, "width": size, "height": size, "seed": 0,
                             "precision": precision}  # fmt: skip
                     r = client.post("/generate", json=body, headers={"Accept": "application/json"})
