@@ -1,6 +1,6 @@
 """The INT8 UNet's residual additions, torchao's way against another, beside BF16 compiled.
 
-    python bench/int8_residuals.py [--compare unquantized|casts] [--rounds 5]
+    python bench/int8_residuals.py [--compare unquantized|casts|products] [--rounds 5]
 
 torchao's ``X86InductorQuantizer`` quantizes the residual that a convolution or linear
 adds, so that Inductor can fuse the addition into the oneDNN kernel; the dequantized
@@ -11,7 +11,11 @@ graphs, ``torchao default`` (residuals quantized) and, by ``--compare``:
 - ``unquantized`` (default): ``quantization.quantizer.UNetQuantizer``, what the
   artifacts use: the residual is not quantized and is added in BF16;
 - ``casts``: torchao's graph with a BF16 cast between each dequantized residual and its
-  addition, so the stream is BF16 as in the BF16 UNet.
+  addition, so the stream is BF16 as in the BF16 UNet;
+- ``products``: here the artifacts' graph is the first one, against the same with the
+  elementwise products left alone too: torchao annotates both inputs of a product of two
+  tensors (the GEGLU's, in every transformer block) though no INT8 kernel multiplies them,
+  so the graph rounds both to UINT8 and back before multiplying them in BF16.
 
 Each is built as an AOTInductor package the way the artifacts are
 (``quantization.package.build_package``), on SD 1.5's UNet architecture with random
@@ -21,7 +25,8 @@ the FP32 UNet. Builds take minutes; a third build in the same process ran the
 development machine out of memory (docs/notes/quantization-history.md, "Keeping the
 memory"), hence one comparison per run. Run it as the server's workers run
 (``GLIBC_TUNABLES`` as ``common.malloc`` sets it). Its results are in
-docs/notes/quantization-history.md, "The residual stream in BF16".
+docs/notes/quantization-history.md, "The residual stream in BF16"; ``products``' in
+docs/QUANTIZATION.md, "Intel Xeon with AMX".
 """
 
 from __future__ import annotations
@@ -34,12 +39,13 @@ import time
 from pathlib import Path
 
 import torch
+from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import get_default_x86_inductor_quantization_config
 
 from app.pipeline.variants import EagerUNet
 from bench.unet_step import int8_graph, interleaved, random_inputs, ratio_table, sd15_unet
 from common import malloc
 from quantization.package import build_package
-from quantization.quantizer import torchao_default
+from quantization.quantizer import UNetQuantizer, torchao_default
 from quantization.runtime import load_package
 
 DEQUANTIZE = (
@@ -68,13 +74,20 @@ def bf16_residuals(converted: torch.fx.GraphModule) -> tuple[torch.fx.GraphModul
     return graph_module, casts
 
 
+class ProductsUnquantized(UNetQuantizer):
+    """The artifacts' quantizer, leaving the products of two tensors unquantized too."""
+
+    def _annotate_mul_tensor(self, model, quantization_config, filter_fn=None) -> None:
+        """Not annotated: the product runs in BF16 on its unrounded inputs."""
+
+
 def _rel_mse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a.float() - b.float()) ** 2).mean() / (b.float() ** 2).mean())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", choices=("unquantized", "casts"), default="unquantized")
+    parser.add_argument("--compare", choices=("unquantized", "casts", "products"), default="unquantized")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
@@ -91,6 +104,13 @@ def main() -> None:
     graphs = {"int8, torchao default": lambda: int8_graph(unet, inputs, torchao_default())}
     if args.compare == "casts":
         graphs["int8, torchao default, bf16 casts"] = cast
+    elif args.compare == "products":
+        graphs = {
+            "int8, residuals unquantized": lambda: int8_graph(unet, inputs),
+            "int8, residuals and products unquantized": lambda: int8_graph(
+                unet, inputs, ProductsUnquantized().set_global(get_default_x86_inductor_quantization_config())
+            ),
+        }
     else:
         graphs["int8, residuals unquantized"] = lambda: int8_graph(unet, inputs)
     with torch.no_grad():
