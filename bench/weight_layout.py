@@ -33,7 +33,16 @@ from pathlib import Path
 import torch
 
 from bench import onednn_summary
-from bench.unet_step import bf16_graph, int8_graph, interleaved, random_inputs, rel_error, say, sd15_unet
+from bench.unet_step import (
+    bf16_graph,
+    host_line,
+    int8_graph,
+    interleaved,
+    random_inputs,
+    rel_error,
+    say,
+    sd15_unet,
+)
 from common import malloc
 from quantization.package import build_package
 from quantization.runtime import load_package, weight_layout
@@ -113,24 +122,28 @@ def main() -> None:
         with torch.no_grad():
             reference = unet(*step_args[:2], encoder_hidden_states=step_args[2]).sample
         del unet
-        steps, errors, counts = {}, {}, {}
+        steps, errors, counts = {}, {}, {}  # by (precision, layout)
         with torch.no_grad():
             for precision in PRECISIONS:
                 for layout, folder in folders.items():
-                    name = f"{precision}, laid out for {layout}"
                     runner = load_package(folder / f"{precision}.pt2", folder / f"{precision}.safetensors")
-                    steps[name] = lambda runner=runner: runner(*step_args)
-                    errors[name] = rel_error(steps[name](), reference)
-                    counts[name] = reorders(steps[name])
+                    key = precision, layout
+                    steps[key] = lambda runner=runner: runner(*step_args)
+                    errors[key] = rel_error(steps[key](), reference)
+                    counts[key] = reorders(steps[key])
             say(f"timing {len(steps)} packages, {args.rounds} rounds", "weight layout")
             times = interleaved(steps, args.rounds, report=True)
-    median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"\n{torch.__version__}, {torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds")
+    median = {key: statistics.median(t) for key, t in times.items()}
+    print(f"\n{host_line()}, median of {args.rounds} interleaved rounds")
     print("\n| package | step (s) | vs laid out for amx | weight reorders a step | error vs fp32 |")
     print("|---|---|---|---|---|")
-    for name in steps:
-        native = median[f"{name.split(',')[0]}, laid out for amx"]
-        print(f"| {name} | {median[name]:.3f} | {median[name] / native:.2f}x | {counts[name]} | {errors[name]:.1e} |")
+    for (precision, layout), seconds in median.items():
+        native = median[precision, "amx"]
+        key = precision, layout
+        print(
+            f"| {precision}, laid out for {layout} | {seconds:.3f} | {seconds / native:.2f}x | {counts[key]} "
+            f"| {errors[key]:.1e} |"
+        )
     print("\n| INT8 3x3 convolution (batch 2) | weight reorders a call, writing BF16 | writing FP32 |")
     print("|---|---|---|")
     for conv in CONVOLUTIONS:

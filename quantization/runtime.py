@@ -227,7 +227,8 @@ def read_manifest(folder: Path, required: tuple[str, ...] = _REQUIRED) -> dict:
 
 def _verify_build(folder: Path, required: tuple[str, ...]) -> dict:
     """The manifest of ``folder`` once the versions it was built with, the CPU features it
-    needs and every file's hash are checked."""
+    needs and every file's hash are checked; weights laid out for the other kind of CPU are
+    logged as a warning (``layout_warning``)."""
     manifest = read_manifest(folder, required)
     built = manifest["runtime"]
     for package, installed in (("torch", torch.__version__), ("torchao", version("torchao"))):
@@ -239,6 +240,8 @@ def _verify_build(folder: Path, required: tuple[str, ...]) -> dict:
     missing = sorted(set(built["cpu_features"]) - cpu_flags())
     if missing:
         raise ArtifactError(f"needs CPU features this CPU lacks: {', '.join(missing)}")
+    if warning := layout_warning(manifest):  # slower here, not refused
+        log.warning("artifact %s: %s", folder, warning)
     for name, expected in manifest["files"].items():
         path = folder / name
         if not path.is_file():
@@ -390,9 +393,7 @@ def load_decoder(path: Path, decoder: torch.nn.Module, name: str) -> PackagedDec
         raise ArtifactError(f"{path / MANIFEST} does not describe a decoder package (package, model)") from None
     if len(sizes) != 3 or any(file not in manifest["files"] for file in files):
         raise ArtifactError(f"{path / MANIFEST}: its package's files, sizes or hashes are missing")
-    packaged = PackagedDecoder(name, manifest, _open_package(path, *files), decoder.config)
-    _warn_of_layout(path, manifest)
-    return packaged
+    return PackagedDecoder(name, manifest, _open_package(path, *files), decoder.config)
 
 
 def load_variant(path: Path, pipe):
@@ -402,12 +403,4 @@ def load_variant(path: Path, pipe):
     loader = LOADERS.get(manifest["method"])
     if loader is None:
         raise ArtifactError(f"made by method {manifest['method']!r}, which this mixdiff cannot load")
-    variant = loader(path, manifest, pipe)
-    _warn_of_layout(path, manifest)
-    return variant
-
-
-def _warn_of_layout(path: Path, manifest: dict) -> None:
-    warning = layout_warning(manifest)
-    if warning:
-        log.warning("artifact %s: %s", path, warning)
+    return loader(path, manifest, pipe)
