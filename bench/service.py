@@ -10,7 +10,8 @@ worth following) and a BF16 one built as ``mixdiff quantize bf16`` builds it. Th
 running BF16 (``BF16_MODES``: eager, ``--compile``, the ahead-of-time artifact), and
 the benchmark records how long the worker takes to get ready and how much memory it
 holds, and times 50-step 512x512 generations over HTTP, every schedule in each round,
-in turn. The folder is kept in ``work`` and reused.
+in turn, with each precision's mean step from the steps the server reports. The folder is
+kept in ``work`` and reused.
 """
 
 from __future__ import annotations
@@ -184,7 +185,10 @@ def measure(folder: Path, *, mode: str, rounds: int, size: int, steps: int, log:
                     r = client.post("/generate", json=body, headers={"Accept": "application/json"})
                     r.raise_for_status()
                     out = r.json()
-                    times[label].append({**out["timings"], "schedule": out["schedule"]})
+                    by_precision = {}
+                    for step in out["steps"]:
+                        by_precision.setdefault(step["precision"], []).append(step["seconds"])
+                    times[label].append({**out["timings"], "schedule": out["schedule"], "by_precision": by_precision})
             memory = _memory(worker["pid"])
     finally:
         server.send_signal(signal.SIGTERM)
@@ -205,7 +209,15 @@ def measure(folder: Path, *, mode: str, rounds: int, size: int, steps: int, log:
 def _summary(runs: list[dict]) -> dict:
     runs_of = [(p, len(list(group))) for p, group in itertools.groupby(runs[0]["schedule"])]
     median = {key: round(statistics.median(r[key] for r in runs), 3) for key in ("total", "steps", "vae_decode")}
-    return {"steps": " ".join(f"{p}×{n}" for p, n in runs_of), **{f"{k}_seconds": v for k, v in median.items()}}
+    step = {  # each precision's mean step in each run (what the total adds up), median over the runs
+        p: round(statistics.median(statistics.fmean(r["by_precision"][p]) for r in runs), 3)
+        for p in runs[0]["by_precision"]
+    }
+    return {
+        "steps": " ".join(f"{p}×{n}" for p, n in runs_of),
+        **{f"{k}_seconds": v for k, v in median.items()},
+        "step_seconds": step,
+    }
 
 
 def run(work: Path, *, unet: str = "sd15", modes=tuple(BF16_MODES), rounds: int = 1, steps: int = 50) -> dict:
@@ -252,9 +264,9 @@ def markdown(result: dict) -> str:
         "",
         (
             "| UNets | start-up to ready (s) | worker RSS at ready / peak (GB) | schedule | steps | total (s) "
-            f"| denoising (s) | VAE decode (s) | vs {BASELINE} |"
+            f"| denoising (s) | mean step (s) | VAE decode (s) | vs {BASELINE} |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         unets = f"{BF16_MODES[r['bf16']][2]}, int8 artifact"
@@ -262,7 +274,8 @@ def markdown(result: dict) -> str:
         for label, s in r["schedules"].items():
             lines.append(
                 f"| {unets} | {r['ready_seconds']:.0f} | {memory} | {label} | {s['steps']} | {s['total_seconds']:.1f} "
-                f"| {s['steps_seconds']:.1f} | {s['vae_decode_seconds']:.1f} | {s[f'vs_{BASELINE}']:.2f}x |"
+                f"| {s['steps_seconds']:.1f} | {', '.join(f'{p} {t:.2f}' for p, t in s['step_seconds'].items())} "
+                f"| {s['vae_decode_seconds']:.1f} | {s[f'vs_{BASELINE}']:.2f}x |"
             )
     lines.append("")
     for name, a in result["artifacts"].items():
