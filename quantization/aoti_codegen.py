@@ -8,7 +8,7 @@ nothing releases: the buffer it holds outlives every call. INT8 linears with the
 addition folded in (``onednn.qlinear_pointwise.binary_tensor``, whose ``other`` is a
 ``Tensor?``) take the residual so: an SD 1.5 package leaked every attention's residual
 on every step until the worker ran out of memory (docs/notes/quantization-design.md,
-"A leak in AOTInductor's wrapper code"). Inside
+"Two leaks in AOTInductor"). Inside
 ``releasing_optional_tensor_handles()`` the tensor is spelled once.
 """
 

@@ -107,14 +107,37 @@ class _Shim:
         return torch._C._aoti.alloc_tensor_by_stealing_from_void_ptr(capsule)
 
 
+_MADV_DONTNEED = 4  # Linux's madvise advice: drop the pages, reading them again gives zeros
+
+
+def _drop_pages(memory: torch.Tensor) -> None:
+    """Hand the whole pages inside ``memory``'s bytes back to the kernel (nothing where the C
+    library has no ``madvise``); the bytes read as zeros afterwards."""
+    madvise = getattr(ctypes.CDLL(None, use_errno=True), "madvise", None)
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = -(-memory.data_ptr() // page) * page
+    end = (memory.data_ptr() + memory.nbytes) // page * page
+    if madvise is not None and end > start:
+        madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
 class Package:
-    """A loaded AOTInductor package and the memory its constants live in (it only points there)."""
+    """A loaded AOTInductor package and the memory its constants live in (it only points there).
+
+    torch 2.13's model container never releases its handles to constants handed to it as user
+    managed, so their memory would stay resident after the package is gone
+    (docs/notes/quantization-design.md, "Two leaks in AOTInductor"). A package
+    dropped hands its constants' pages back to the kernel: nothing runs on them afterwards."""
 
     def __init__(self, runner, memory: torch.Tensor, constants: dict[str, torch.Tensor]):
         self.runner, self.memory, self.constants = runner, memory, constants
 
     def __call__(self, *args):
         return self.runner(*args)
+
+    def __del__(self) -> None:
+        self.runner = self.constants = None
+        _drop_pages(self.memory)
 
 
 def load_package(package: Path, weights: Path) -> Package:

@@ -3,7 +3,9 @@ UNet computes; a damaged or mismatched one is refused with the problem named."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -108,6 +110,28 @@ def test_calls_leave_no_memory_behind(tiny_pipe, tiny_artifact, calibration_spli
     for _ in range(300):
         variant(*args)
     assert _rss_mb() - before < 60
+
+
+def _resident_pages(address: int, nbytes: int) -> int:
+    """How many of the whole pages in ``nbytes`` from ``address`` are in memory (``mincore``)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    start, end = -(-address // page) * page, (address + nbytes) // page * page
+    pages = (ctypes.c_ubyte * ((end - start) // page))()
+    assert ctypes.CDLL(None).mincore(ctypes.c_void_p(start), ctypes.c_size_t(end - start), pages) == 0
+    return sum(p & 1 for p in pages)
+
+
+def test_a_dropped_package_hands_its_constants_back(tiny_artifact, calibration_split):
+    """torch 2.13's model container keeps a package's constants alive after it is dropped;
+    ``Package`` hands their pages back (docs/notes/quantization-design.md)."""
+    folder = tiny_artifact[0]
+    package = load_package(folder / "unet-g0.pt2", folder / "unet-g0.safetensors")
+    with torch.no_grad():
+        run_in_batches(package, calibration_split[0][0].args())
+    memory = package.memory.data_ptr(), package.memory.nbytes
+    assert _resident_pages(*memory) > 0
+    del package
+    assert _resident_pages(*memory) == 0
 
 
 @pytest.fixture
