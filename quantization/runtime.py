@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -108,17 +109,19 @@ class _Shim:
 
 
 _MADV_DONTNEED = 4  # Linux's madvise advice: drop the pages, reading them again gives zeros
+_MADVISE = getattr(ctypes.CDLL(None, use_errno=True), "madvise", None)
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _drop_pages(memory: torch.Tensor) -> None:
     """Hand the whole pages inside ``memory``'s bytes back to the kernel (nothing where the C
-    library has no ``madvise``); the bytes read as zeros afterwards."""
-    madvise = getattr(ctypes.CDLL(None, use_errno=True), "madvise", None)
-    page = os.sysconf("SC_PAGE_SIZE")
-    start = -(-memory.data_ptr() // page) * page
-    end = (memory.data_ptr() + memory.nbytes) // page * page
-    if madvise is not None and end > start:
-        madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+    library has no ``madvise``); the bytes read as zeros afterwards. Resident memory only: the
+    address range stays reserved."""
+    start = -(-memory.data_ptr() // _PAGE) * _PAGE
+    end = (memory.data_ptr() + memory.nbytes) // _PAGE * _PAGE
+    if _MADVISE is not None and end > start:
+        if _MADVISE(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) != 0:
+            log.debug("madvise of %d bytes failed: %s", end - start, os.strerror(ctypes.get_errno()))
 
 
 class Package:
@@ -127,7 +130,8 @@ class Package:
     torch 2.13's model container never releases its handles to constants handed to it as user
     managed, so their memory would stay resident after the package is gone
     (docs/notes/quantization-design.md, "Two leaks in AOTInductor"). A package
-    dropped hands its constants' pages back to the kernel: nothing runs on them afterwards."""
+    dropped hands its constants' pages back to the kernel: nothing runs on them afterwards, so
+    hold the package, never its ``runner``, ``constants`` or ``memory`` alone."""
 
     def __init__(self, runner, memory: torch.Tensor, constants: dict[str, torch.Tensor]):
         self.runner, self.memory, self.constants = runner, memory, constants
@@ -137,7 +141,8 @@ class Package:
 
     def __del__(self) -> None:
         self.runner = self.constants = None
-        _drop_pages(self.memory)
+        if not sys.is_finalizing():  # at exit the process gives everything back anyway
+            _drop_pages(self.memory)
 
 
 def load_package(package: Path, weights: Path) -> Package:
